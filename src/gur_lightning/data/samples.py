@@ -1,0 +1,36 @@
+"""The sample record shared by every reader, sampler and evaluation protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Modality = Literal["visible", "infrared"]
+MODALITIES: tuple[Modality, Modality] = ("visible", "infrared")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a visible-infrared re-ID data set, as read from its raw layout.
+
+    Attributes:
+        path: Absolute path of the image file.
+        pid: The data set's own identity number (ground truth; never used for training in the
+            unsupervised setting, only for evaluation and pseudo-label statistics).
+        camid: The data set's own camera number (e.g. SYSU-MM01 cameras 1-6).
+        modality: ``"visible"`` or ``"infrared"`` (thermal / near-infrared).
+    """
+
+    path: str
+    pid: int
+    camid: int
+    modality: Modality
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(
+                f"Sample {self.path!r}: modality must be one of {MODALITIES}, got {self.modality!r}"
+            )
+
+#: Integer code of each modality in tensors and batches (visible 0, infrared 1).
+MODALITY_INDEX: dict[str, int] = {"visible": 0, "infrared": 1}

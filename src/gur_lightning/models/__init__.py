@@ -1,0 +1,1 @@
+"""Network, cluster memories, ADC loss and the LightningModule (issue 4)."""
