@@ -1,0 +1,378 @@
+"""The re-clustering callback: decides *when* to pseudo-label and orchestrates it.
+
+GUR re-clusters before every phase of every epoch (method.md §10): per camera in stage 1, per
+modality on camera-level CAE vectors in stage 2 (plus CMLU from its start epoch), jointly on
+modality-level CAE vectors in stage 3. This callback holds no algorithm: the maths lives in
+:mod:`gur_lightning.clustering`, the memories in the LightningModule, the loaders in the
+DataModule. It runs the clustering for phase ``p`` before Lightning builds phase ``p``'s train
+loader: in ``on_fit_start`` for the first phase (fresh start or resume) and in
+``on_train_epoch_end`` of phase ``p - 1`` for the others (Lightning requests the train loader at
+the start of each epoch, after the previous epoch-end hooks; architecture.md §10.1).
+
+Under DDP every rank extracts features for its shard, rank 0 clusters, and the labels and
+centroids are broadcast, so every rank installs bit-identical memories (architecture.md §11.5).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from gur_lightning.data.datamodule import LabelledSet, VIReIDDataModule
+from gur_lightning.data.samplers import NotEnoughClustersError
+from gur_lightning.data.samples import Sample
+from gur_lightning.schedule import Phase
+from gur_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ClusteringResult:
+    """What rank 0 computes for one phase and broadcasts to the others.
+
+    Attributes:
+        labels: Per modality, (N_m,) int64 training labels (-1 outliers) aligned with the
+            modality's phase samples.
+        memories: Memory name -> (K, D) float32 L2-normalised centroids.
+        routing: Stream ("visible"/"infrared") -> memory name it trains against.
+        stats: Flat statistics to log (``cluster/<stage>/...``).
+        error: A message when the clustering is unusable (the phase is then skipped).
+    """
+
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    memories: dict[str, torch.Tensor] = field(default_factory=dict)
+    routing: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Reclustering(Callback):
+    """Re-cluster before every phase of the GUR schedule and install labels and memories.
+
+    Args:
+        phases: The expanded schedule (:func:`gur_lightning.schedule.build_phases`).
+        eps: Per-modality DBSCAN radius of stage 2.
+        eps_intra_camera: Radius of the per-camera clustering of stage 1.
+        eps_inter_modality: Radius of the joint clustering of stage 3.
+        min_samples: DBSCAN core size.
+        k1: k-reciprocal neighbourhood size.
+        k2: Query-expansion size.
+        knn_backend: kNN backend of the Jaccard distance.
+        cae_temperature: Softmax temperature of the CAE embeddings.
+        cae_legacy_slicing: Reproduce the reference's camera-CAE slicing bug (§17.1).
+        cmlu_topk: Neighbours of CMLU's propagation and smoothing.
+
+    Attributes:
+        history: One record per clustering: ``phase``, ``trainer_epoch`` (the Lightning epoch
+            whose end, or fit start, ran it), ``stage``, ``skipped``, ``seconds`` and the stats.
+    """
+
+    def __init__(
+        self,
+        phases: Sequence[Phase],
+        *,
+        eps: float = 0.6,
+        eps_intra_camera: float = 0.55,
+        eps_inter_modality: float = 0.6,
+        min_samples: int = 4,
+        k1: int = 30,
+        k2: int = 6,
+        knn_backend: str = "auto",
+        cae_temperature: float = 0.05,
+        cae_legacy_slicing: bool = False,
+        cmlu_topk: int = 20,
+    ) -> None:
+        super().__init__()
+        self.phases = list(phases)
+        self.eps = {
+            "intra_camera": eps_intra_camera,
+            "inter_camera": eps,
+            "inter_modality": eps_inter_modality,
+        }
+        self.min_samples = min_samples
+        self.k1 = k1
+        self.k2 = k2
+        self.knn_backend = knn_backend
+        self.cae_temperature = cae_temperature
+        self.cae_legacy_slicing = cae_legacy_slicing
+        self.cmlu_topk = cmlu_topk
+        self.history: list[dict[str, Any]] = []
+        # Trained per-camera memories of stage 1 (CAE prototypes of stage 2; §8.1, §17.7).
+        self._camera_memories: dict[tuple[str, int], torch.Tensor] = {}
+        # Trained per-modality memories of stage 2 (CAE prototypes of stage 3; §8.2).
+        self._modality_memories: dict[str, torch.Tensor] = {}
+        self._installed: Phase | None = None
+        self._installed_ok = False
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Fail fast on trainer settings that would silently break the phase mapping."""
+        if stage != "fit":
+            return
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError(
+                "Reclustering needs trainer.reload_dataloaders_every_n_epochs=1 (one phase per "
+                f"epoch, new loaders each), got {trainer.reload_dataloaders_every_n_epochs}"
+            )
+        if trainer.max_epochs != len(self.phases):
+            raise ValueError(
+                f"trainer.max_epochs={trainer.max_epochs} but the schedule has "
+                f"{len(self.phases)} phases: they must be equal"
+            )
+        if not isinstance(trainer.datamodule, VIReIDDataModule):
+            raise TypeError("Reclustering needs the trainer to run with a VIReIDDataModule")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Cluster for the first phase to train (phase 0, or the resumed one)."""
+        self._prepare(trainer, pl_module, trainer.current_epoch, trigger_epoch=-1)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Tell the module which GUR epoch this phase belongs to (its LR depends on it)."""
+        pl_module.gur_epoch = self.phases[trainer.current_epoch].gur_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the trained memories the next stages need, then cluster for the next phase."""
+        phase = self.phases[trainer.current_epoch]
+        if (
+            self._installed_ok
+            and self._installed is not None
+            and self._installed.index == phase.index
+        ):
+            self._snapshot_memories(phase, pl_module)
+        nxt = trainer.current_epoch + 1
+        if nxt < len(self.phases):
+            self._prepare(trainer, pl_module, nxt, trigger_epoch=trainer.current_epoch)
+
+    # ------------------------------------------------------------- machinery
+    def _snapshot_memories(self, phase: Phase, pl_module: L.LightningModule) -> None:
+        current = {
+            k: v.detach().float().cpu().clone() for k, v in pl_module.memory_tensors().items()
+        }
+        if phase.stage == "intra_camera":
+            self._camera_memories[("visible", phase.visible_camera)] = current["visible"]
+            self._camera_memories[("infrared", phase.infrared_camera)] = current["infrared"]
+        elif phase.stage == "inter_camera":
+            self._modality_memories = {m: current[m] for m in ("visible", "infrared")}
+
+    def _phase_samples(self, dm: VIReIDDataModule, phase: Phase) -> dict[str, list[Sample]]:
+        if phase.stage == "intra_camera":
+            return {
+                "visible": dm.train_samples("visible", phase.visible_camera),
+                "infrared": dm.train_samples("infrared", phase.infrared_camera),
+            }
+        return {"visible": dm.train_samples("visible"), "infrared": dm.train_samples("infrared")}
+
+    def _prepare(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, index: int, trigger_epoch: int
+    ) -> None:
+        phase = self.phases[index]
+        dm: VIReIDDataModule = trainer.datamodule
+        pl_module.gur_epoch = phase.gur_epoch
+        start = time.perf_counter()
+        samples = self._phase_samples(dm, phase)
+        features = {m: self._extract(trainer, pl_module, dm, s) for m, s in samples.items()}
+        result: ClusteringResult | None = None
+        if trainer.is_global_zero:
+            try:
+                result = self._cluster(phase, samples, features)
+            except (ValueError, RuntimeError) as err:
+                # A clustering that fails on rank 0 must reach the other ranks, or they hang.
+                result = ClusteringResult(error=f"{type(err).__name__}: {err}")
+        result = trainer.strategy.broadcast(result, src=0)
+        skipped = result.error is not None
+        if not skipped:
+            try:
+                labelled = {
+                    m: LabelledSet.from_labels(samples[m], result.labels[m]) for m in samples
+                }
+                dm.set_pseudo_labels(
+                    labelled["visible"],
+                    labelled["infrared"],
+                    num_batches=phase.iterations,
+                    phase_index=phase.index,
+                )
+            except NotEnoughClustersError as err:
+                result.error = str(err)
+                skipped = True
+        if skipped:
+            log.warning("phase %d (%s) skipped: %s", phase.index, phase.label, result.error)
+            dm.skip_phase()
+        else:
+            memories = {k: v.to(pl_module.device) for k, v in result.memories.items()}
+            pl_module.set_memories(memories, result.routing)
+            self._snapshot_memories(phase, pl_module)
+        self._installed, self._installed_ok = phase, not skipped
+        seconds = time.perf_counter() - start
+        record = {
+            "phase": phase.index,
+            "gur_epoch": phase.gur_epoch,
+            "stage": phase.stage,
+            "label": phase.label,
+            "trainer_epoch": trigger_epoch,
+            "skipped": skipped,
+            "seconds": seconds,
+            **result.stats,
+        }
+        self.history.append(record)
+        log.info(
+            "phase %d/%d %s: %s (%.1fs)",
+            phase.index + 1,
+            len(self.phases),
+            phase.label,
+            ", ".join(
+                f"{k}={v:.3g}"
+                for k, v in result.stats.items()
+                if k.endswith(("num_clusters", "ari", "outlier_fraction"))
+            ),
+            seconds,
+        )
+        if trainer.logger is not None and trainer.is_global_zero:
+            prefix = f"cluster/{phase.stage}/"
+            metrics = {prefix + k: float(v) for k, v in result.stats.items()}
+            metrics.update({prefix + "skipped": float(skipped), prefix + "seconds": seconds})
+            trainer.logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _extract(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        dm: VIReIDDataModule,
+        samples: Sequence[Sample],
+    ) -> torch.Tensor:
+        """Clustering features ``e`` (method.md §7.1) of ``samples``: (N, D) float32 on CPU."""
+        from gur_lightning.evaluation import extract_features
+
+        return extract_features(
+            pl_module, dm.eval_dataloader(samples), len(samples), renormalize=False
+        )
+
+    def _cluster_labels(self, features: torch.Tensor, eps: float) -> np.ndarray:
+        from gur_lightning.clustering import dbscan_labels
+
+        return dbscan_labels(
+            features,
+            eps=eps,
+            min_samples=self.min_samples,
+            k1=self.k1,
+            k2=self.k2,
+            knn_backend=self.knn_backend,
+        )
+
+    def _statistics(
+        self, labels: np.ndarray, samples: Sequence[Sample], prefix: str = ""
+    ) -> dict[str, float]:
+        from gur_lightning.clustering import cluster_statistics
+
+        stats = cluster_statistics(labels, true_pids=np.array([s.pid for s in samples]))
+        return {prefix + k: float(v) for k, v in stats.items()}
+
+    def _cluster(
+        self,
+        phase: Phase,
+        samples: dict[str, list[Sample]],
+        features: dict[str, torch.Tensor],
+    ) -> ClusteringResult:
+        """Rank-0 pseudo-labelling of one phase (method.md §10 stages 1-3, §8, §9)."""
+        from gur_lightning.clustering import (
+            cae_embedding,
+            cluster_centroids,
+            propagate_labels,
+            smooth_labels,
+        )
+
+        eps = self.eps[phase.stage]
+        result = ClusteringResult()
+        if phase.stage == "inter_modality":
+            joint = torch.cat([features["visible"], features["infrared"]])
+            protos = [
+                self._modality_memories[m]
+                for m in ("visible", "infrared")
+                if m in self._modality_memories
+            ]
+            # Stage 3 clusters modality-level CAE vectors built on the stage-2 memories (§8.2).
+            rep = (
+                cae_embedding(joint, protos, temperature=self.cae_temperature)
+                if len(protos) == 2
+                else joint
+            )
+            labels = self._cluster_labels(rep, eps)
+            self._require_clusters(labels, "joint")
+            n_vis = len(samples["visible"])
+            result.labels = {"visible": labels[:n_vis], "infrared": labels[n_vis:]}
+            result.memories = {"shared": cluster_centroids(joint, torch.as_tensor(labels))}
+            result.routing = {"visible": "shared", "infrared": "shared"}
+            all_samples = samples["visible"] + samples["infrared"]
+            result.stats = self._statistics(labels, all_samples)
+            for m in ("visible", "infrared"):
+                result.stats.update(self._statistics(result.labels[m], samples[m], f"{m}/"))
+            modality = np.array([s.modality == "visible" for s in all_samples])
+            result.stats["cross_modal_cluster_fraction"] = _cross_modal_fraction(labels, modality)
+            return result
+
+        labels: dict[str, np.ndarray] = {}
+        for m in ("visible", "infrared"):
+            rep = features[m]
+            if phase.camera_cae:
+                protos = [
+                    mem for (mod, _cam), mem in sorted(self._camera_memories.items()) if mod == m
+                ]
+                if protos:
+                    rep = cae_embedding(
+                        rep,
+                        protos,
+                        temperature=self.cae_temperature,
+                        legacy_slicing=self.cae_legacy_slicing,
+                    )
+            labels[m] = self._cluster_labels(rep, eps)
+            self._require_clusters(labels[m], m)
+            result.stats.update(self._statistics(labels[m], samples[m], f"{m}/"))
+        result.memories = {
+            m: cluster_centroids(features[m], torch.as_tensor(labels[m]))
+            for m in ("visible", "infrared")
+        }
+        result.routing = {"visible": "visible", "infrared": "infrared"}
+        if phase.cmlu:
+            # CMLU (§9): the visible samples take infrared cluster ids and train against the
+            # infrared memory; the visible memory stays for stage 3's CAE prototypes (§17.3).
+            vis = propagate_labels(
+                features["visible"],
+                features["infrared"],
+                torch.as_tensor(labels["infrared"]),
+                topk=self.cmlu_topk,
+            )
+            if phase.smooth:
+                vis = smooth_labels(features["visible"], vis, topk=self.cmlu_topk)
+            labels["visible"] = np.asarray(vis)
+            self._require_clusters(labels["visible"], "visible after CMLU")
+            result.routing = {"visible": "infrared", "infrared": "infrared"}
+            result.stats.update(
+                self._statistics(labels["visible"], samples["visible"], "visible_cmlu/")
+            )
+        result.labels = labels
+        return result
+
+    @staticmethod
+    def _require_clusters(labels: np.ndarray, what: str) -> None:
+        if not np.any(np.asarray(labels) >= 0):
+            raise ValueError(f"DBSCAN found no cluster among the {len(labels)} {what} samples")
+
+
+def _cross_modal_fraction(labels: np.ndarray, is_visible: np.ndarray) -> float:
+    """Fraction of joint clusters holding both modalities (stage-3 modality mixing)."""
+    kept = labels >= 0
+    if not kept.any():
+        return 0.0
+    clusters = np.unique(labels[kept])
+    has_vis = np.zeros(clusters.max() + 1, dtype=bool)
+    has_ir = np.zeros_like(has_vis)
+    has_vis[labels[kept & is_visible]] = True
+    has_ir[labels[kept & ~is_visible]] = True
+    return float((has_vis & has_ir)[clusters].mean())

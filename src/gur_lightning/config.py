@@ -1,0 +1,306 @@
+"""Structured Hydra schemas: a misspelled key or a wrong type fails when the config is composed.
+
+Every YAML file under ``conf/`` is merged onto these dataclasses (registered in Hydra's
+ConfigStore as ``train_schema``), so ``cluster.esp=0.5`` or ``data.height=abc`` is rejected by
+Hydra itself, naming the key. Value ranges (eps must be positive, K must divide the batch...) are
+checked by :func:`validate_config` right after composition, before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
+
+DATASETS: tuple[str, ...] = ("sysu", "regdb", "llcm")
+
+
+@dataclass
+class SynVIConfig:
+    """Generate a SynVI tree into ``data.root`` before training (method-agnostic benchmark).
+
+    Attributes:
+        layout: Raw layout written: ``sysu``, ``regdb`` or ``llcm`` (must equal ``data.name``).
+        seed: Generator seed (same seed, same bytes).
+        num_ids: Number of identities (None: the preset's default).
+        preset: Difficulty preset: ``easy``, ``default`` or ``hard``.
+    """
+
+    layout: str = "sysu"
+    seed: int = 0
+    num_ids: int | None = None
+    preset: str = "default"
+
+
+@dataclass
+class DataConfig:
+    """The data set and the loaders (Hydra group ``data``).
+
+    Attributes:
+        name: Raw layout read: ``sysu`` (SYSU-MM01), ``regdb`` or ``llcm``.
+        root: The data set's root folder, as distributed.
+        trial: RegDB split (1..10); the SYSU/LLCM gallery draws use trials 0..9 at test time.
+        holdout_val: RegDB: hold out part of the training identities as a validation split.
+        synvi: When set, a SynVI tree with these parameters is generated into ``root`` first.
+        height: Network input height (reference 288).
+        width: Network input width (reference 144).
+        num_instances: K, images per pseudo-identity in a batch (reference 16).
+        visible_batch_size: Visible images per step and rank before the second view (128).
+        infrared_batch_size: Infrared images per step and rank (256).
+        num_workers: Loader worker processes.
+        eval_batch_size: Batch size of feature extraction for clustering and evaluation.
+    """
+
+    name: str = "sysu"
+    root: str = MISSING
+    trial: int = 1
+    holdout_val: bool = False
+    synvi: SynVIConfig | None = None
+    height: int = 288
+    width: int = 144
+    num_instances: int = 16
+    visible_batch_size: int = 128
+    infrared_batch_size: int = 256
+    num_workers: int = 4
+    eval_batch_size: int = 64
+
+
+@dataclass
+class BackboneConfig:
+    """Two-stream ResNet (method.md §3).
+
+    Attributes:
+        depth: ResNet depth: 50 (real data, reference) or 18 (CPU default for SynVI).
+        pretrained: Local path of ImageNet weights, ``torchvision`` for torchvision's local cache,
+            or None to train from scratch. Never downloaded.
+        last_stride: Stride of layer4 (reference 1).
+        gem_p: GeM pooling exponent (reference 3, fixed).
+        non_local: AGW non-local blocks (off in the reference).
+    """
+
+    depth: int = 50
+    pretrained: str | None = None
+    last_stride: int = 1
+    gem_p: float = 3.0
+    non_local: bool = False
+
+
+@dataclass
+class MemoryConfig:
+    """Cluster memories (method.md §6.1).
+
+    Attributes:
+        temperature: InfoNCE temperature tau (0.05).
+        momentum: Weight of the OLD memory row in each update (reference 0.1, i.e. 90 % new).
+        update_mode: ``mean`` (every sample, in order) or ``hard`` (hardest positive per cluster).
+    """
+
+    temperature: float = 0.05
+    momentum: float = 0.1
+    update_mode: str = "mean"
+
+
+@dataclass
+class ModelConfig:
+    """The LightningModule (Hydra group ``model``).
+
+    Attributes:
+        backbone: Network settings.
+        memory: Memory settings.
+        lr: Adam learning rate (3.5e-4).
+        weight_decay: Adam (coupled) weight decay (5e-4).
+        loss_weight_visible: Weight of the visible InfoNCE term.
+        loss_weight_infrared: Weight of the infrared InfoNCE term.
+        channels_last: Use the channels-last memory format (faster on CPUs with bf16).
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    loss_weight_visible: float = 1.0
+    loss_weight_infrared: float = 1.0
+    channels_last: bool = False
+
+
+@dataclass
+class ClusterConfig:
+    """Pseudo-labelling (method.md §7-9; Hydra group ``cluster``).
+
+    Attributes:
+        eps: DBSCAN radius of the per-modality clustering of stage 2 (0.6 SYSU, 0.3 RegDB).
+        eps_intra_camera: Radius of the per-camera clustering of stage 1 (0.55).
+        eps_inter_modality: Radius of the joint clustering of stage 3 (defaults to ``eps``).
+        min_samples: DBSCAN core-point size, the point included (4).
+        k1: k-reciprocal neighbourhood size (30).
+        k2: Query-expansion neighbourhood size (6).
+        knn_backend: ``auto``, ``torch`` or ``faiss``.
+        cae_temperature: Softmax temperature of cross-memory association embeddings (0.05).
+        cae_legacy_slicing: Reproduce the reference's camera-CAE slicing bug (§17.1).
+    """
+
+    eps: float = 0.6
+    eps_intra_camera: float = 0.55
+    eps_inter_modality: float = 0.6
+    min_samples: int = 4
+    k1: int = 30
+    k2: int = 6
+    knn_backend: str = "auto"
+    cae_temperature: float = 0.05
+    cae_legacy_slicing: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """When and how to evaluate.
+
+    Attributes:
+        val_every_n_epochs: Validation (never on the test set) every N GUR epochs; 0 disables.
+        test_after_fit: Run the data set's full test protocol on the last-epoch weights.
+        max_trials: Use only the first N gallery trials (None: all, as published tables).
+    """
+
+    val_every_n_epochs: int = 0
+    test_after_fit: bool = True
+    max_trials: int | None = None
+
+
+@dataclass
+class PathsConfig:
+    """Output locations.
+
+    Attributes:
+        root_dir: The project root (for relative data paths in the SynVI experiments).
+        log_dir: Where Hydra run folders are created.
+        output_dir: The current run's folder (Hydra's runtime output dir).
+        data_dir: Default folder for generated SynVI trees.
+    """
+
+    root_dir: str = "."
+    log_dir: str = "logs"
+    output_dir: str = "."
+    data_dir: str = "data"
+
+
+@dataclass
+class TrainConfig:
+    """Top-level schema of ``conf/train.yaml``.
+
+    Attributes:
+        data: Data set and loaders.
+        model: Network, memories and optimiser.
+        cluster: Pseudo-labelling.
+        schedule: Stage schedule.
+        trainer: Keyword arguments of ``lightning.Trainer`` (``max_epochs`` is derived from the
+            schedule and must not be set).
+        logger: Logger node with ``_target_`` (or None).
+        paths: Output locations.
+        eval: Evaluation settings.
+        task_name: Name of the run folder family.
+        experiment: Name of the experiment preset that was applied.
+        seed: Global seed.
+        ckpt_path: Checkpoint to resume from.
+        tags: Free-form tags for the logger.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: Any = field(default_factory=dict)
+    logger: Any = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    task_name: str = "train"
+    experiment: str = "none"
+    seed: int = 1
+    ckpt_path: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A composed configuration with a value out of its valid range."""
+
+
+def _check(condition: bool, key: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise ConfigError(f"config value {key}={value!r} is invalid: expected {expected}")
+
+
+def validate_config(cfg: DictConfig | TrainConfig) -> None:
+    """Check value ranges and cross-field constraints of a composed config.
+
+    Args:
+        cfg: The composed training configuration.
+
+    Raises:
+        ConfigError: Naming the first key whose value is out of range.
+    """
+    d, c, m = cfg.data, cfg.cluster, cfg.model
+    _check(d.name in DATASETS, "data.name", d.name, f"one of {DATASETS}")
+    if d.name == "regdb":
+        _check(1 <= d.trial <= 10, "data.trial", d.trial, "a RegDB trial in 1..10")
+    if d.synvi is not None:
+        _check(d.synvi.layout == d.name, "data.synvi.layout", d.synvi.layout, f"'{d.name}'")
+    for key in ("height", "width", "num_instances", "eval_batch_size"):
+        _check(getattr(d, key) > 0, f"data.{key}", getattr(d, key), "a positive integer")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+    for key in ("visible_batch_size", "infrared_batch_size"):
+        size = getattr(d, key)
+        _check(
+            size >= d.num_instances and size % d.num_instances == 0,
+            f"data.{key}",
+            size,
+            f"a multiple of data.num_instances={d.num_instances} (K instances per identity)",
+        )
+    for key in ("eps", "eps_intra_camera", "eps_inter_modality"):
+        value = getattr(c, key)
+        _check(0 < value < 1, f"cluster.{key}", value, "a Jaccard radius in (0, 1)")
+    _check(c.min_samples >= 1, "cluster.min_samples", c.min_samples, ">= 1")
+    _check(c.k1 >= 1, "cluster.k1", c.k1, ">= 1")
+    _check(1 <= c.k2 <= c.k1, "cluster.k2", c.k2, f"in 1..cluster.k1={c.k1}")
+    _check(
+        c.knn_backend in ("auto", "torch", "faiss"),
+        "cluster.knn_backend",
+        c.knn_backend,
+        "'auto', 'torch' or 'faiss'",
+    )
+    _check(c.cae_temperature > 0, "cluster.cae_temperature", c.cae_temperature, "> 0")
+    _check(m.lr > 0, "model.lr", m.lr, "> 0")
+    _check(m.weight_decay >= 0, "model.weight_decay", m.weight_decay, ">= 0")
+    _check(m.memory.temperature > 0, "model.memory.temperature", m.memory.temperature, "> 0")
+    _check(0 <= m.memory.momentum < 1, "model.memory.momentum", m.memory.momentum, "in [0, 1)")
+    _check(
+        m.memory.update_mode in ("mean", "hard"),
+        "model.memory.update_mode",
+        m.memory.update_mode,
+        "'mean' or 'hard'",
+    )
+    _check(m.backbone.depth in (18, 34, 50), "model.backbone.depth", m.backbone.depth, "18/34/50")
+    _check(
+        "max_epochs" not in (cfg.trainer or {}),
+        "trainer.max_epochs",
+        (cfg.trainer or {}).get("max_epochs"),
+        "unset: the number of Lightning epochs is the schedule's phase count",
+    )
+    _check(
+        cfg.eval.val_every_n_epochs >= 0,
+        "eval.val_every_n_epochs",
+        cfg.eval.val_every_n_epochs,
+        ">= 0",
+    )
+    try:
+        validate_schedule(
+            OmegaConf.to_object(cfg.schedule) if isinstance(cfg, DictConfig) else cfg.schedule
+        )
+    except ScheduleError as err:
+        raise ConfigError(str(err)) from err
