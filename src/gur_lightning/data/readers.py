@@ -14,7 +14,7 @@ Typical use by an evaluation loop::
     ds = load_dataset("sysu", root)
     for proto in ds.protocols():
         for trial in proto["trials"]:
-            query, gallery = ds.test_split(**proto["split"], trial=trial)
+            query, gallery = ds.test_split(**proto["kwargs"], trial=trial)
 """
 
 from __future__ import annotations
@@ -418,10 +418,10 @@ class VIReIDDataset(ABC):
 
         Returns:
             One dict per setting with keys ``name`` (e.g. ``"sysu_all"``, used in metric names),
-            ``split`` (keyword arguments of :meth:`test_split`), ``trials`` (values for its
+            ``kwargs`` (keyword arguments of :meth:`test_split`), ``trials`` (values for its
             ``trial`` argument; results are averaged over them), ``query_modality`` and
             ``gallery_modality``. An evaluation runs
-            ``test_split(**p["split"], trial=t)`` for each ``t`` in ``p["trials"]``.
+            ``test_split(**p["kwargs"], trial=t)`` for each ``t`` in ``p["trials"]``.
         """
 
     def __repr__(self) -> str:
@@ -550,7 +550,7 @@ class SYSUMM01Dataset(VIReIDDataset):
         return [
             {
                 "name": f"sysu_{mode}",
-                "split": {"mode": mode},
+                "kwargs": {"mode": mode},
                 "trials": list(range(NUM_GALLERY_TRIALS)),
                 "query_modality": "infrared",
                 "gallery_modality": "visible",
@@ -656,7 +656,7 @@ class RegDBDataset(VIReIDDataset):
         return [
             {
                 "name": f"regdb_{direction}",
-                "split": {"direction": direction},
+                "kwargs": {"direction": direction},
                 "trials": [self.trial],
                 "query_modality": query,
                 "gallery_modality": gallery,
@@ -824,7 +824,7 @@ class LLCMDataset(VIReIDDataset):
         return [
             {
                 "name": f"llcm_{direction}",
-                "split": {"direction": direction},
+                "kwargs": {"direction": direction},
                 "trials": list(range(NUM_GALLERY_TRIALS)),
                 "query_modality": query,
                 "gallery_modality": gallery,
