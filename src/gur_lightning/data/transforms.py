@@ -9,9 +9,10 @@ the pipelines use ``torchvision.transforms.v2`` on ``uint8`` tensors. The decode
 into a ``uint8`` CHW tensor first, resized with torch's antialiased bicubic kernel (the same
 a = -0.5 cubic as PIL; outputs differ from PIL's by at most one grey level on under 1 % of the
 pixels), padded, cropped and flipped as ``uint8``, and converted to normalised ``float32`` in one
-fused pass. At 288x144 this is about 1.7x faster per view than the reference-style v1 chain on
-PIL images (PIL bicubic upsampling alone costs about four times torch's ``uint8`` kernel), and it
-is no slower at 96x48. ``resize_backend="pil"`` restores PIL's bicubic resize for bit-parity.
+fused pass. At 288x144 a view (decode included) is about 1.5x faster than with the
+reference-style v1 chain on PIL images (PIL's bicubic upsampling alone costs about four times
+torch's ``uint8`` kernel); at 96x48 the two are equal. ``resize_backend="pil"`` restores PIL's
+bicubic resize for bit-parity with the reference.
 
 Randomness: every random draw uses torch's global generator (``torch.rand`` /
 ``torch.randint``), as torchvision's own random transforms do. A ``DataLoader`` seeds torch
