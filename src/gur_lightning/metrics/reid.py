@@ -99,6 +99,8 @@ class ReIDMetric(Metric):
         Raises:
             ValueError: Not a non-empty 2-D boolean array.
         """
+        # torchmetrics caches compute()'s value until the next update(); new masks change it.
+        self._computed = None
         if gallery_trials is None:
             self._gallery_trials = None
             return
