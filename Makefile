@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install the package (editable, dev extras)
 
 demo: $(STAMP) ## run the main job on the built-in SynVI benchmark and print its table
-	$(PY) -m gur_lightning.demo
+	$(PY) -m gur_lightning.train +experiment=synvi
 
 test: $(STAMP) ## fast test suite (a few minutes)
 	$(PY) -m pytest -m "not slow" -q

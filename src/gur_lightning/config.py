@@ -141,6 +141,7 @@ class ClusterConfig:
         knn_backend: ``auto``, ``torch`` or ``faiss``.
         cae_temperature: Softmax temperature of cross-memory association embeddings (0.05).
         cae_legacy_slicing: Reproduce the reference's camera-CAE slicing bug (§17.1).
+        oracle: Ground-truth labels instead of clustering (the supervised upper bound only).
     """
 
     eps: float = 0.6
@@ -152,6 +153,7 @@ class ClusterConfig:
     knn_backend: str = "auto"
     cae_temperature: float = 0.05
     cae_legacy_slicing: bool = False
+    oracle: bool = False
 
 
 @dataclass
@@ -205,6 +207,8 @@ class TrainConfig:
         seed: Global seed.
         ckpt_path: Checkpoint to resume from.
         tags: Free-form tags for the logger.
+        ckpt: ``gur_lightning.evaluate`` only: the checkpoint to evaluate.
+        features: ``gur_lightning.evaluate`` only: ``model``, ``untrained`` or ``raw_pixels``.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -220,6 +224,8 @@ class TrainConfig:
     seed: int = 1
     ckpt_path: str | None = None
     tags: list[str] = field(default_factory=list)
+    ckpt: str | None = None
+    features: str = "model"
 
 
 def register_configs() -> None:

@@ -116,6 +116,7 @@ def build_reclustering(cfg: DictConfig, phases: list[Phase]) -> Reclustering:
         cae_temperature=c.cae_temperature,
         cae_legacy_slicing=c.cae_legacy_slicing,
         cmlu_topk=cfg.schedule.cmlu.topk,
+        oracle=c.oracle,
     )
 
 

@@ -1,0 +1,111 @@
+"""Evaluation entry point: the full official protocol of a data set for one feature extractor.
+
+    python -m gur_lightning.evaluate +experiment=sysu data.root=/data/SYSU-MM01 ckpt=PATH
+    python -m gur_lightning.evaluate +experiment=synvi features=raw_pixels
+    python -m gur_lightning.evaluate +experiment=synvi features=untrained
+
+``features`` chooses what is evaluated: ``model`` (a trained checkpoint, ``ckpt=`` required),
+``untrained`` (the configured network at its initialisation, seeded) or ``raw_pixels`` (the
+eval-resized image flattened and L2-normalised: the floor of a benchmark). The protocols are those
+of method.md §13: SYSU-MM01 all- and indoor-search over ten gallery draws, RegDB both directions
+for the configured trial, LLCM both directions over ten draws. The table (mean ± std) is logged
+and ``metrics.json`` is written in the run folder. No test-set model selection happens here: a
+checkpoint is evaluated as given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from gur_lightning.config import ConfigError, register_configs, validate_config
+from gur_lightning.data.datamodule import VIReIDDataModule
+from gur_lightning.evaluation import evaluate_splits, format_table, protocol_splits
+from gur_lightning.train import CONF_DIR, build_datamodule, build_module, model_featurizer
+from gur_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+FEATURES: tuple[str, ...] = ("model", "untrained", "raw_pixels")
+
+
+def raw_pixel_featurizer(dm: VIReIDDataModule):
+    """Flattened, L2-normalised eval-transform pixels (the benchmark's raw-pixel floor)."""
+
+    def featurize(samples):
+        feats = torch.zeros(len(samples), 3 * dm.height * dm.width)
+        for batch in dm.eval_dataloader(samples, resample="lanczos"):
+            feats[batch["index"]] = batch["img"].flatten(1).float()
+        return F.normalize(feats, dim=1)
+
+    return featurize
+
+
+def load_checkpoint_weights(module: torch.nn.Module, path: str) -> None:
+    """Load a training checkpoint's network weights (memories are phase-local and skipped).
+
+    Args:
+        module: The freshly built module (same architecture as the checkpoint's).
+        path: A ``.ckpt`` written by ``gur_lightning.train``.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ConfigError: If the checkpoint's architecture does not match the configured one.
+    """
+    ckpt_path = Path(path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt={path}: no such checkpoint file")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    weights = {k: v for k, v in state["state_dict"].items() if not k.startswith("memory")}
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.startswith("memory")]
+    if missing or unexpected:
+        raise ConfigError(
+            f"ckpt={path} does not fit the configured model (check model.backbone.*): "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate one feature extractor with the data set's protocols; returns the flat metrics."""
+    validate_config(cfg)
+    if cfg.features not in FEATURES:
+        raise ConfigError(f"config value features={cfg.features!r} is invalid: expected one of {FEATURES}")
+    if cfg.features == "model" and not cfg.ckpt:
+        raise ConfigError("features=model needs ckpt=PATH (a checkpoint written by training)")
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("test")
+    if cfg.features == "raw_pixels":
+        featurize = raw_pixel_featurizer(dm)
+    else:
+        module = build_module(cfg)
+        if cfg.features == "model":
+            load_checkpoint_weights(module, cfg.ckpt)
+        featurize = model_featurizer(module, dm)
+    splits = protocol_splits(dm.dataset, max_trials=cfg.eval.max_trials)
+    metrics = evaluate_splits(splits, featurize, prefix="test")
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    log.info("%s features (%%, mean ± std over trials):\n%s", cfg.features, format_table(metrics))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    evaluate(cfg)
+
+
+register_configs()
+
+if __name__ == "__main__":
+    main()
