@@ -1,0 +1,285 @@
+"""Writing a SynVI tree: cached by a hash of its parameters, atomic, optionally parallel.
+
+A tree is generated into a temporary sibling folder and renamed into place only when complete;
+its marker ``synvi.json`` (parameters, their hash and the file count) is written last. A second
+call with equal parameters finds the marker and returns at once; a folder holding anything that
+is not a SynVI tree is never overwritten (synthetic.md, "Properties it must have").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from gur_lightning.data.synvi.config import GENERATOR_VERSION, resolve_config
+from gur_lightning.data.synvi.layouts import ImageJob, build_world, plan_tree
+from gur_lightning.data.synvi.render import render_image
+from gur_lightning.data.synvi.world import World
+from gur_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+#: Name of the marker file that identifies a complete SynVI tree and its parameters.
+MARKER_NAME = "synvi.json"
+#: Below this many images a worker pool costs more (process start-up) than it saves.
+POOL_MIN_IMAGES = 1500
+#: Default pool size: the target machines have two cores (synthetic.md, "Fast").
+DEFAULT_WORKERS = 2
+#: JPEG chroma subsampling, fixed (4:2:0) so that output bytes never depend on Pillow defaults.
+JPEG_SUBSAMPLING = 2
+
+
+def tree_parameters(
+    layout: str,
+    *,
+    seed: int = 0,
+    num_ids: int | None = None,
+    preset: str = "default",
+    height: int = 128,
+    width: int = 64,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Return the canonical parameters of a tree (what its cache hash is computed from).
+
+    Args:
+        layout: One of ``sysu``, ``regdb``, ``llcm``.
+        seed: Tree seed (non-negative integer).
+        num_ids: Identity count (``None``: the layout's default).
+        preset: Difficulty preset.
+        height: Image height in pixels.
+        width: Image width in pixels.
+        **overrides: Other :class:`~gur_lightning.data.synvi.config.SynVIConfig` fields.
+
+    Returns:
+        A JSON-serialisable dictionary that includes the fully resolved configuration.
+
+    Raises:
+        ValueError: On an invalid option.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"SynVI seed must be a non-negative integer, got {seed!r}")
+    cfg = resolve_config(
+        layout, preset=preset, num_ids=num_ids, height=height, width=width, overrides=overrides
+    )
+    return {
+        "generator": "synvi",
+        "version": GENERATOR_VERSION,
+        "layout": layout,
+        "seed": seed,
+        "preset": preset,
+        "config": cfg.to_dict(),
+    }
+
+
+def parameter_hash(params: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``params``."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def read_marker(root: Path) -> dict[str, Any] | None:
+    """Return the marker of a SynVI tree at ``root``, or ``None`` if it is not one."""
+    try:
+        marker = json.loads((root / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("generator") != "synvi":
+        return None
+    return marker
+
+
+def _count_files(root: Path) -> int:
+    """Number of files under ``root``, the marker excluded."""
+    total = sum(len(files) for _, _, files in os.walk(root))
+    return total - int((root / MARKER_NAME).exists())
+
+
+def _is_complete(root: Path, digest: str) -> bool:
+    """Whether ``root`` is a complete SynVI tree with parameter hash ``digest``."""
+    marker = read_marker(root)
+    return (
+        marker is not None
+        and marker.get("hash") == digest
+        and marker.get("num_files") == _count_files(root)
+    )
+
+
+def _save(image: Image.Image, path: Path, quality: int) -> None:
+    """Write ``image`` with fixed encoder settings (no timestamps, no metadata)."""
+    if path.suffix == ".jpg":
+        image.save(path, format="JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING)
+    else:
+        image.save(path, format="BMP")
+
+
+def _render_jobs(world: World, root: Path, jobs: list[ImageJob]) -> None:
+    """Render and write ``jobs`` under ``root`` (parent folders must exist)."""
+    quality = world.config.jpeg_quality
+    for job in jobs:
+        pixels = render_image(world, job.pid, job.cam, job.modality, job.index)
+        _save(Image.fromarray(pixels, "RGB"), root / job.relpath, quality)
+
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_init(world: World, root: str) -> None:
+    """Pool initialiser: receive the world once per worker instead of once per task."""
+    _WORKER_STATE["world"] = world
+    _WORKER_STATE["root"] = Path(root)
+
+
+def _worker_run(jobs: list[ImageJob]) -> int:
+    """Pool task: render a chunk of jobs; returns how many were written."""
+    _render_jobs(_WORKER_STATE["world"], _WORKER_STATE["root"], jobs)
+    return len(jobs)
+
+
+def _render_all(world: World, root: Path, jobs: list[ImageJob], workers: int) -> None:
+    """Render every job, in a pool of ``workers`` processes when the tree is large enough.
+
+    Each image depends only on its own keyed random stream, so the pool's scheduling cannot
+    change any output byte.
+    """
+    if workers <= 1 or len(jobs) < POOL_MIN_IMAGES:
+        _render_jobs(world, root, jobs)
+        return
+    n_chunks = workers * 8
+    chunks = [jobs[k::n_chunks] for k in range(n_chunks)]
+    # "spawn": the caller may hold threads (torch, loggers) that make fork unsafe.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_worker_init, initargs=(world, str(root))) as pool:
+        written = sum(pool.map(_worker_run, chunks))
+    if written != len(jobs):
+        raise RuntimeError(f"SynVI pool wrote {written} of {len(jobs)} images")
+
+
+def _check_target(out: Path, digest: str) -> bool:
+    """Return ``True`` if ``out`` already holds the requested tree; refuse foreign folders.
+
+    Raises:
+        FileExistsError: ``out`` is a file, or a non-empty folder that is not a SynVI tree.
+    """
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise FileExistsError(f"SynVI output {out} exists and is not a directory")
+    if _is_complete(out, digest):
+        return True
+    if read_marker(out) is None and any(out.iterdir()):
+        raise FileExistsError(
+            f"SynVI output {out} is a non-empty directory without a {MARKER_NAME} marker; "
+            "refusing to overwrite it. Choose an empty or new directory, or a previous SynVI "
+            "tree."
+        )
+    return False
+
+
+def _install(tmp: Path, out: Path, digest: str) -> None:
+    """Move the finished tree ``tmp`` to ``out``, replacing an empty folder or old SynVI tree."""
+    old: Path | None = None
+    if out.exists():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.synvi-old-", dir=out.parent))
+            os.replace(out, old / "tree")
+        else:
+            out.rmdir()
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        # Another process installed a tree meanwhile: keep it if it is the one we wanted.
+        if not _is_complete(out, digest):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def generate_synvi(
+    layout: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    num_ids: int | None = None,
+    preset: str = "default",
+    height: int = 128,
+    width: int = 64,
+    workers: int | None = None,
+    **overrides: Any,
+) -> Path:
+    """Write (or reuse) a SynVI tree in the raw layout of SYSU-MM01, RegDB or LLCM.
+
+    Args:
+        layout: ``"sysu"``, ``"regdb"`` or ``"llcm"``.
+        out: The data set root a reader is pointed at.
+        seed: Tree seed; equal parameters give byte-identical files.
+        num_ids: Identity count (``None``: 210 for SYSU, 100 for RegDB, 150 for LLCM), split
+            like the real data set.
+        preset: ``"easy"``, ``"default"`` or ``"hard"``.
+        height: Written image height in pixels.
+        width: Written image width in pixels.
+        workers: Processes used for large trees (``None``: 2; outputs do not depend on it).
+        **overrides: Other :class:`~gur_lightning.data.synvi.config.SynVIConfig` fields, e.g.
+            ``images_per_camera=2`` or ``clutter=0``.
+
+    Returns:
+        ``out`` as an absolute path.
+
+    Raises:
+        ValueError: On an invalid option.
+        FileExistsError: ``out`` is a non-empty folder that is not a SynVI tree.
+    """
+    params = tree_parameters(
+        layout,
+        seed=seed,
+        num_ids=num_ids,
+        preset=preset,
+        height=height,
+        width=width,
+        **overrides,
+    )
+    digest = parameter_hash(params)
+    out = Path(out).absolute()
+    if _check_target(out, digest):
+        log.debug("SynVI tree %s is up to date (hash %s)", out, digest[:12])
+        return out
+    start = time.perf_counter()
+    cfg = resolve_config(
+        layout, preset=preset, num_ids=num_ids, height=height, width=width, overrides=overrides
+    )
+    plan = plan_tree(layout, cfg, seed)
+    world = build_world(layout, cfg, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synvi-tmp-", dir=out.parent))
+    try:
+        for folder in sorted({str(Path(j.relpath).parent) for j in plan.jobs} | {"."}):
+            (tmp / folder).mkdir(parents=True, exist_ok=True)
+        for relpath, text in plan.texts.items():
+            (tmp / relpath).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / relpath).write_text(text)
+        _render_all(world, tmp, plan.jobs, DEFAULT_WORKERS if workers is None else workers)
+        marker = {**params, "hash": digest, "num_files": len(plan.jobs) + len(plan.texts)}
+        (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+        _install(tmp, out, digest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "SynVI %s tree: %d images, %d identities, preset %s, seed %d -> %s (%.1f s)",
+        layout,
+        len(plan.jobs),
+        cfg.num_ids,
+        preset,
+        seed,
+        out,
+        time.perf_counter() - start,
+    )
+    return out
