@@ -1,0 +1,354 @@
+"""Two-stream ResNet of GUR/ADCA: per-modality stems, shared body, GeM, BN-neck (method.md §3).
+
+The reference builds three ImageNet ResNet-50 copies and uses only the stems (conv1, bn1, relu,
+maxpool) of two of them and layer1-4 of the third (method.md §3). Here the stems are built from
+conv1/bn1 only, which is the same function without the unused parameters (method.md §17.21).
+Both modalities pass the shared body in ONE call, so BatchNorm statistics are computed over the
+visible and infrared images together, as on a single reference replica (method.md §3, §17.15).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from gur_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+__all__ = [
+    "DEPTHS",
+    "DualStreamResNet",
+    "GeM",
+    "NonLocalBlock",
+    "load_imagenet_state_dict",
+    "resolve_pretrained_path",
+]
+
+#: torchvision constructor and ImageNet weights enum per supported depth.
+DEPTHS: dict[int, tuple[str, str]] = {
+    18: ("resnet18", "ResNet18_Weights"),
+    34: ("resnet34", "ResNet34_Weights"),
+    50: ("resnet50", "ResNet50_Weights"),
+}
+
+#: Older torchvision file names of the same ImageNet V1 weights; the reference loads
+#: ``resnet50-19c8e357.pth`` (method.md §3). Accepted in the cache as well.
+_LEGACY_FILES: dict[int, str] = {
+    18: "resnet18-5c106cde.pth",
+    34: "resnet34-333f7ec4.pth",
+    50: "resnet50-19c8e357.pth",
+}
+
+#: GeM exponent of the reference, fixed (not learnable), method.md §3.
+GEM_P: float = 3.0
+#: Added to the mean of cubes before the root, as in the reference (method.md §3).
+GEM_EPS: float = 1e-12
+#: BN-neck weight init N(1, 0.01) of ``weights_init_kaiming`` (method.md §3).
+BNNECK_WEIGHT_STD: float = 0.01
+#: AGW "non-local (down)" placement: blocks after the last 2 blocks of layer2 and the last 3
+#: of layer3 (AGW's ``non_layers = [0, 2, 3, 0]``). Off by default, as in the reference.
+NON_LOCAL_LAYERS: dict[str, int] = {"layer2": 2, "layer3": 3}
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling with a fixed exponent (method.md §3).
+
+    ``pool_c = (mean_{h,w} x_{c,h,w}^p + eps)^(1/p)``; the eps sits inside the root, after the
+    mean, exactly as in the reference. The pooling is computed in fp32 whatever the input dtype
+    (cubes of bf16 activations lose too much precision), so the features leave in fp32.
+    """
+
+    def __init__(self, p: float = GEM_P, eps: float = GEM_EPS) -> None:
+        super().__init__()
+        if p <= 0:
+            raise ValueError(f"GeM: exponent p must be positive, got {p}")
+        self.p = float(p)
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pool a feature map.
+
+        Args:
+            x: ``(B, C, H, W)`` non-negative activations (post-ReLU), any floating dtype.
+
+        Returns:
+            ``(B, C)`` fp32.
+        """
+        return (x.float().pow(self.p).mean(dim=(2, 3)) + self.eps).pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        """Show the fixed exponent."""
+        return f"p={self.p}, eps={self.eps}"
+
+
+class NonLocalBlock(nn.Module):
+    """Non-local block (Wang et al., CVPR 2018) with a residual connection, as AGW uses it.
+
+    ``z = x + BN(W y)``, ``y_i = sum_j f(x_i, x_j) g(x_j)`` with 1×1 convolutions theta, phi, g
+    to ``C / reduction`` channels. The BN after W starts at weight 0 and bias 0, so the block is
+    the identity at initialisation and an ImageNet backbone keeps its function.
+
+    Args:
+        in_channels: Channels C of the input map.
+        reduction: Channel reduction of the embedding (AGW: 2).
+        pairwise: ``"embedded_gaussian"`` (softmax over positions, the standard form) or
+            ``"dot_product"`` (divide by the number of positions N, AGW's variant).
+    """
+
+    def __init__(
+        self, in_channels: int, reduction: int = 2, pairwise: str = "embedded_gaussian"
+    ) -> None:
+        super().__init__()
+        if pairwise not in ("embedded_gaussian", "dot_product"):
+            raise ValueError(
+                f"NonLocalBlock: pairwise must be 'embedded_gaussian' or 'dot_product', "
+                f"got {pairwise!r}"
+            )
+        inter = max(in_channels // reduction, 1)
+        self.pairwise = pairwise
+        self.theta = nn.Conv2d(in_channels, inter, kernel_size=1)
+        self.phi = nn.Conv2d(in_channels, inter, kernel_size=1)
+        self.g = nn.Conv2d(in_channels, inter, kernel_size=1)
+        self.W = nn.Sequential(
+            nn.Conv2d(inter, in_channels, kernel_size=1), nn.BatchNorm2d(in_channels)
+        )
+        # Zero-initialised output BN: identity block at init (Wang et al. §4.1).
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block.
+
+        Args:
+            x: ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, C, H, W)``.
+        """
+        b, _, h, w = x.shape
+        theta = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C')
+        phi = self.phi(x).flatten(2)  # (B, C', N)
+        g = self.g(x).flatten(2).transpose(1, 2)  # (B, N, C')
+        affinity = theta @ phi  # (B, N, N)
+        if self.pairwise == "embedded_gaussian":
+            affinity = affinity.softmax(dim=-1)
+        else:
+            affinity = affinity / affinity.shape[-1]
+        y = (affinity @ g).transpose(1, 2).reshape(b, -1, h, w)
+        return x + self.W(y)
+
+
+def _with_non_local(layer: nn.Sequential, count: int, pairwise: str) -> nn.Sequential:
+    """Insert ``count`` non-local blocks after the last ``count`` residual blocks of ``layer``."""
+    blocks = list(layer)
+    count = min(count, len(blocks))
+    after = set(range(len(blocks) - count, len(blocks)))
+    out: list[nn.Module] = []
+    for i, block in enumerate(blocks):
+        out.append(block)
+        if i in after:
+            channels = _out_channels(block)
+            out.append(NonLocalBlock(channels, pairwise=pairwise))
+    return nn.Sequential(*out)
+
+
+def _out_channels(block: nn.Module) -> int:
+    """Output channels of a torchvision BasicBlock/Bottleneck (its last BatchNorm2d)."""
+    bns = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+    # downsample's BN comes last in module order but has the same width as the main path.
+    return bns[-1].num_features
+
+
+def resolve_pretrained_path(pretrained: str | os.PathLike[str], depth: int) -> Path:
+    """Resolve the ``pretrained`` option to an existing local weights file; never download.
+
+    Args:
+        pretrained: A path to a torchvision ImageNet state dict, or ``"torchvision"`` for
+            torchvision's local cache (``$TORCH_HOME/hub/checkpoints``, see
+            ``torch.hub.get_dir()``).
+        depth: ResNet depth (18, 34 or 50), which picks the cached file name.
+
+    Returns:
+        The path of an existing file.
+
+    Raises:
+        FileNotFoundError: Naming the configured path, or the cache paths looked at.
+    """
+    if str(pretrained) == "torchvision":
+        _, weights_enum = DEPTHS[depth]
+        url = getattr(torchvision.models, weights_enum).IMAGENET1K_V1.url
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        candidates = [cache / Path(url).name, cache / _LEGACY_FILES[depth]]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"pretrained='torchvision': no ImageNet ResNet-{depth} weights in torchvision's local "
+            f"cache; expected {candidates[0]} (or {candidates[1]}). Nothing is downloaded at run "
+            "time: place the file there (or set TORCH_HOME), or give a file path instead."
+        )
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained weights file {str(path)!r} does not exist (expected a torchvision "
+            f"ImageNet ResNet-{depth} state dict such as {_LEGACY_FILES[depth]})"
+        )
+    return path
+
+
+def load_imagenet_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a torchvision ResNet state dict from ``path``, without its ``fc`` classifier.
+
+    Args:
+        path: A ``.pth`` file holding a state dict (or a dict with a ``"state_dict"`` entry).
+
+    Returns:
+        The state dict, ``fc.*`` removed (method.md §3: the reference drops it).
+
+    Raises:
+        ValueError: If the file does not hold a mapping of tensors.
+    """
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+    return {k: v for k, v in obj.items() if not k.startswith("fc.")}
+
+
+class DualStreamResNet(nn.Module):
+    """Visible and infrared stems, shared ResNet body, GeM pooling and BN-neck (method.md §3).
+
+    Args:
+        depth: ResNet depth: 50 (the reference, 2048-d features) or 18/34 (512-d; CPU tests).
+        last_stride: Stride of layer4 (the reference uses 1: a 288×144 input gives 18×9 maps).
+        gem_p: Fixed GeM exponent.
+        pretrained: ``None`` (torchvision's random init), a path to a torchvision ImageNet state
+            dict, or ``"torchvision"`` for the local torchvision cache. Loaded into both stems
+            and the body; never downloaded.
+        non_local: Insert AGW non-local blocks (2 in layer2, 3 in layer3); off in the reference.
+        non_local_pairwise: Pairwise function of the non-local blocks (see
+            :class:`NonLocalBlock`).
+
+    Attributes:
+        feature_dim: Output feature dimension D.
+        stems: ``ModuleDict`` with keys ``"visible"`` and ``"infrared"``.
+        body: layer1-4, shared.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        *,
+        last_stride: int = 1,
+        gem_p: float = GEM_P,
+        pretrained: str | os.PathLike[str] | None = None,
+        non_local: bool = False,
+        non_local_pairwise: str = "embedded_gaussian",
+    ) -> None:
+        super().__init__()
+        if depth not in DEPTHS:
+            raise ValueError(
+                f"DualStreamResNet: depth must be one of {sorted(DEPTHS)}, got {depth}"
+            )
+        if last_stride not in (1, 2):
+            raise ValueError(f"DualStreamResNet: last_stride must be 1 or 2, got {last_stride}")
+        self.depth = depth
+        builder, _ = DEPTHS[depth]
+        net: torchvision.models.ResNet = getattr(torchvision.models, builder)(weights=None)
+        if pretrained is not None:
+            path = resolve_pretrained_path(pretrained, depth)
+            state = load_imagenet_state_dict(path)
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"pretrained weights {str(path)!r} do not fit torchvision {builder}: "
+                    f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+                )
+            log.info("loaded ImageNet weights for both stems and the body from %s", path)
+        if last_stride == 1:
+            # Only the first block of layer4 strides (main path and downsample); weights are
+            # unchanged, the map is twice as large (method.md §3, last_conv_stride=1).
+            for module in net.layer4[0].modules():
+                if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+                    module.stride = (1, 1)
+
+        def make_stem() -> nn.Sequential:
+            return nn.Sequential(
+                OrderedDict(
+                    conv1=copy.deepcopy(net.conv1),
+                    bn1=copy.deepcopy(net.bn1),
+                    relu=nn.ReLU(inplace=True),
+                    maxpool=copy.deepcopy(net.maxpool),
+                )
+            )
+
+        self.stems = nn.ModuleDict({"visible": make_stem(), "infrared": make_stem()})
+        if pretrained is None:
+            # The reference builds a separate ResNet per stem, so untrained stems start from
+            # independent draws (torchvision's init rule for conv1).
+            nn.init.kaiming_normal_(
+                self.stems["infrared"].conv1.weight, mode="fan_out", nonlinearity="relu"
+            )
+        layers: dict[str, nn.Module] = {
+            name: getattr(net, name) for name in ("layer1", "layer2", "layer3", "layer4")
+        }
+        if non_local:
+            for name, count in NON_LOCAL_LAYERS.items():
+                layers[name] = _with_non_local(layers[name], count, non_local_pairwise)
+        self.body = nn.Sequential(OrderedDict(layers))
+        self.feature_dim: int = net.fc.in_features
+        self.pool = GeM(gem_p)
+        self.bnneck = nn.BatchNorm1d(self.feature_dim)
+        nn.init.normal_(self.bnneck.weight, 1.0, BNNECK_WEIGHT_STD)
+        nn.init.zeros_(self.bnneck.bias)
+        self.bnneck.bias.requires_grad_(False)  # frozen BN-neck bias (method.md §3)
+
+    def forward(
+        self, x_visible: Tensor | None = None, x_infrared: Tensor | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Embed a visible and/or an infrared batch.
+
+        When both are given, the stem outputs are concatenated and the shared body, GeM and
+        BN-neck run once over ``B_v + B_i`` images (BN statistics over both modalities, as the
+        reference's ``modal=0``), and the result is split back.
+
+        Args:
+            x_visible: ``(B_v, 3, H, W)`` images for the visible stem, or ``None``.
+            x_infrared: ``(B_i, 3, H, W)`` images for the infrared stem, or ``None``.
+
+        Returns:
+            ``(f_visible, f_infrared)``, each ``(B, D)`` fp32 or ``None`` where the input was
+            ``None``. Train mode: raw BN-neck outputs ``f(x)``; eval mode: L2-normalised
+            ``ẑ(x)`` (method.md §1, §3).
+
+        Raises:
+            ValueError: If both inputs are ``None``.
+        """
+        if x_visible is None and x_infrared is None:
+            raise ValueError("DualStreamResNet.forward: give x_visible, x_infrared or both")
+        maps: list[Tensor] = []
+        if x_visible is not None:
+            maps.append(self.stems["visible"](x_visible))
+        if x_infrared is not None:
+            maps.append(self.stems["infrared"](x_infrared))
+        x = maps[0] if len(maps) == 1 else torch.cat(maps)
+        feat = self.bnneck(self.pool(self.body(x)).float())
+        if not self.training:
+            feat = F.normalize(feat, dim=1)
+        if x_visible is None:
+            return None, feat
+        if x_infrared is None:
+            return feat, None
+        n_v = x_visible.shape[0]
+        return feat[:n_v], feat[n_v:]
