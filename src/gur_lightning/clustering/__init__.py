@@ -1,1 +1,37 @@
-"""Pseudo-label engine (issue 7): filled in by the clustering modules."""
+"""Pseudo-label engine (issue 7): exact k-reciprocal Jaccard at scale, DBSCAN, CAE, CMLU, stats.
+
+Pure functions of tensors / arrays, unit-testable without Lightning (architecture.md §11.4):
+
+* :func:`jaccard_distance`, :func:`dbscan_labels`: method.md §7.2-7.3, equal to the reference's
+  dense computation, in memory that grows with N·k (:func:`exact_knn` is the kNN underneath:
+  torch on CPU or GPU, or faiss when installed).
+* :func:`cae_embedding`: cross-memory association embeddings (§8).
+* :func:`propagate_labels`, :func:`smooth_labels`, :func:`cmlu`: label unification (§9).
+* :func:`cluster_centroids`, :func:`relabel_contiguous`: memory initialisation (§7.4).
+* :func:`cluster_statistics`: what each re-clustering logs.
+"""
+
+from gur_lightning.clustering.cae import cae_embedding, legacy_block_bounds
+from gur_lightning.clustering.centroids import cluster_centroids, relabel_contiguous
+from gur_lightning.clustering.cmlu import cmlu, propagate_labels, smooth_labels
+from gur_lightning.clustering.dbscan import dbscan_labels, dbscan_on_graph
+from gur_lightning.clustering.jaccard import JaccardTimings, jaccard_distance
+from gur_lightning.clustering.knn import KnnResult, exact_knn
+from gur_lightning.clustering.stats import cluster_statistics
+
+__all__ = [
+    "JaccardTimings",
+    "KnnResult",
+    "cae_embedding",
+    "cluster_centroids",
+    "cluster_statistics",
+    "cmlu",
+    "dbscan_labels",
+    "dbscan_on_graph",
+    "exact_knn",
+    "jaccard_distance",
+    "legacy_block_bounds",
+    "propagate_labels",
+    "relabel_contiguous",
+    "smooth_labels",
+]

@@ -1,0 +1,444 @@
+"""k-reciprocal Jaccard distance (method.md §7.2), exact, in memory that grows with N·k.
+
+The reference (``compute_jaccard_distance`` in cluster-contrast's ``faiss_rerank.py``) builds three
+dense N x N float32 matrices in Python loops. This module computes the same distances with sparse
+matrix algebra (performance.md, techniques 5-7):
+
+1. kNN lists incl. the point itself (:func:`~gur_lightning.clustering.knn.exact_knn`).
+2. k-reciprocal sets ``A = K ∘ K^T`` at k1 and ``H`` at ``round(k1/2)`` (first
+   ``round(k1/2) + 1`` columns, as the reference's ``[:k + 1]`` slice): elementwise products of
+   0/1 kNN indicators.
+3. Expansion: for ``c ∈ A_i``, ``|H_c ∩ A_i| = (A H)[i, c]`` (both are symmetric), and ``H_c``
+   joins ``E_i`` when ``3 |H_c ∩ A_i| > 2 |H_c|`` (the reference's ``> 2/3 |H_c|`` in float64
+   agrees with this integer test for every set size below 2000).
+4. Weights ``V[i, j] = softmax_{j ∈ E_i}(2 x_i.x_j)`` (= softmax of ``-(2 - 2 x_i.x_j)``).
+5. Query expansion ``V_qe = Q V`` with ``Q[i, j] = 1/k2`` on the k2 nearest neighbours incl. self.
+6. ``S(i, j) = Σ_c min(V_qe[i, c], V_qe[j, c])`` over shared columns only, ``d = 1 - S/(2 - S)``
+   in float32 as the reference, clamped at 0; pairs without a shared column have ``d = 1``.
+
+Step 6 walks the inverted index of ``V_qe`` by row chunks and accumulates each chunk's pairs
+``j > i`` in a compact (chunk x partners) buffer; only pairs with ``d <= max_distance`` are kept.
+The dense and the sparse outputs come from the same accumulation, so they agree exactly.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from gur_lightning.clustering._validation import as_feature_tensor, check_positive_int
+from gur_lightning.clustering.knn import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_POOL_EXTRA,
+    DEFAULT_PROPOSAL_MARGIN,
+    DEFAULT_TIE_TOLERANCE,
+    KnnBackend,
+    KnnResult,
+    exact_knn,
+)
+from gur_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_K1 = 30
+"""k-reciprocal neighbourhood size (method.md §7.2, argparse ``--k1 30``)."""
+DEFAULT_K2 = 6
+"""Query-expansion neighbourhood size (method.md §7.2, argparse ``--k2 6``)."""
+JACCARD_CHUNK_ROWS = 32
+"""Rows per accumulation chunk: small enough that the (rows x partners) buffer stays in cache."""
+DENSE_LIMIT = 50_000
+"""Largest N for which a dense (N, N) output is produced (10 GB of float32 at that size)."""
+
+
+@dataclass
+class JaccardTimings:
+    """Seconds spent in each step of one :func:`jaccard_distance` call (for benchmarks / logs).
+
+    Attributes:
+        knn: Exact kNN search (step 1).
+        weights: Reciprocal sets, expansion, softmax weights and query expansion (steps 2-5).
+        jaccard: Shared-support accumulation and output assembly (step 6).
+        knn_rows_rescored: Rows whose kNN boundaries were re-ranked in float64.
+        knn_rows_recomputed: Rows whose kNN was recomputed against all points.
+        nnz_expanded: Non-zeros of ``V`` (pairs in the expanded reciprocal sets).
+        nnz_query_expanded: Non-zeros of ``V_qe``.
+        contributions: Shared-column contributions summed (the cost driver of step 6).
+        pairs_kept: Pairs ``i < j`` stored in the output.
+    """
+
+    knn: float = 0.0
+    weights: float = 0.0
+    jaccard: float = 0.0
+    knn_rows_rescored: int = 0
+    knn_rows_recomputed: int = 0
+    nnz_expanded: int = 0
+    nnz_query_expanded: int = 0
+    contributions: int = 0
+    pairs_kept: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def half_k(k1: int) -> int:
+    """``int(np.around(k1 / 2))``, the reference's k for ``H`` (numpy rounds half to even)."""
+    return int(np.around(k1 / 2.0))
+
+
+def _indicator(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:
+    """0/1 int32 CSR matrix with ones at (rows, cols) (pairs assumed distinct)."""
+    data = np.ones(rows.size, dtype=np.int32)
+    return sp.csr_matrix((data, (rows, cols)), shape=(n, n))
+
+
+def reciprocal_expansion(
+    knn: np.ndarray, k1: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """Steps 2-3 of method.md §7.2: k-reciprocal sets and their 2/3 expansion.
+
+    Args:
+        knn: (N, >= k1) int64 neighbour lists incl. self, nearest first.
+        k1: Neighbourhood size.
+
+    Returns:
+        ``(A, H, E)``: 0/1 CSR patterns of ``N(i, k1)``, ``N(i, round(k1/2))`` and the expanded
+        set ``E_i``; rows index ``i``.
+    """
+    n = knn.shape[0]
+    rows = np.repeat(np.arange(n, dtype=np.int64), k1)
+    k_mat = _indicator(rows, knn[:, :k1].reshape(-1), n)
+    a_mat = k_mat.multiply(k_mat.T).tocsr()
+    kh = min(half_k(k1) + 1, k1)
+    rows_h = np.repeat(np.arange(n, dtype=np.int64), kh)
+    h_full = _indicator(rows_h, knn[:, :kh].reshape(-1), n)
+    h_mat = h_full.multiply(h_full.T).tocsr()
+    h_size = np.diff(h_mat.indptr).astype(np.int64)
+    # |H_c ∩ A_i| for c ∈ A_i: (A H^T)[i, c] = (A H)[i, c] since H is symmetric.
+    overlap = (a_mat @ h_mat).multiply(a_mat).tocsr()
+    overlap.eliminate_zeros()
+    o_rows = np.repeat(np.arange(n), np.diff(overlap.indptr))
+    o_cols = overlap.indices
+    accept = 3 * overlap.data.astype(np.int64) > 2 * h_size[o_cols]
+    m_mat = _indicator(o_rows[accept], o_cols[accept], n)
+    e_mat = (a_mat + m_mat @ h_mat).tocsr()
+    e_mat.data[:] = 1
+    e_mat.sort_indices()
+    return a_mat, h_mat, e_mat
+
+
+def _pair_dots(
+    x: np.ndarray, knn: KnnResult, rows: np.ndarray, cols: np.ndarray, k1: int
+) -> np.ndarray:
+    """Inner products ``x_rows . x_cols``: from the kNN search where listed, else computed."""
+    n = x.shape[0]
+    known_key = (np.arange(n, dtype=np.int64)[:, None] * n + knn.indices[:, :k1]).reshape(-1)
+    known_dot = knn.dots[:, :k1].reshape(-1)
+    order = np.argsort(known_key)
+    known_key, known_dot = known_key[order], known_dot[order]
+    want = rows.astype(np.int64) * n + cols
+    pos = np.minimum(np.searchsorted(known_key, want), known_key.size - 1)
+    found = known_key[pos] == want
+    out = np.where(found, known_dot[pos], 0.0).astype(np.float32)
+    miss = np.flatnonzero(~found)
+    if miss.size:
+        out[miss] = _sampled_dots(x, rows[miss], cols[miss])
+    return out
+
+
+def _sampled_dots(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``x[rows[p]] . x[cols[p]]`` for row-sorted pairs, via ``torch.sparse.sampled_addmm``.
+
+    The sampled product reads each pair's two rows in place; gathering them into temporaries
+    first (``einsum`` on ``x[rows]``, ``x[cols]``) is about 10 times slower at d = 2048.
+    """
+    n = x.shape[0]
+    order = np.lexsort((cols, rows))
+    crow = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=crow[1:])
+    xt = torch.from_numpy(x)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*", category=UserWarning)
+        pattern = torch.sparse_csr_tensor(
+            torch.from_numpy(crow),
+            torch.from_numpy(np.ascontiguousarray(cols[order], dtype=np.int64)),
+            torch.zeros(rows.size, dtype=torch.float32),
+            size=(n, n),
+            check_invariants=False,
+        )
+        values = torch.sparse.sampled_addmm(pattern, xt, xt.t(), beta=0.0).values().numpy()
+    out = np.empty(rows.size, dtype=np.float32)
+    out[order] = values
+    return out
+
+
+def softmax_weights(x: np.ndarray, knn: KnnResult, e_mat: sp.csr_matrix, k1: int) -> sp.csr_matrix:
+    """Step 4: ``V[i, j] = exp(2 x_i.x_j) / Σ_{j' ∈ E_i} exp(2 x_i.x_j')`` on the pattern of E.
+
+    Returns:
+        float64 CSR (N, N) whose rows sum to 1 (rows with empty ``E_i`` are empty).
+    """
+    n = e_mat.shape[0]
+    counts = np.diff(e_mat.indptr)
+    rows = np.repeat(np.arange(n), counts)
+    logits = 2.0 * _pair_dots(x, knn, rows, e_mat.indices, k1).astype(np.float64)
+    nonempty = counts > 0
+    starts = e_mat.indptr[:-1][nonempty]
+    row_max = np.full(n, 0.0)
+    row_max[nonempty] = np.maximum.reduceat(logits, starts)
+    w = np.exp(logits - row_max[rows])
+    row_sum = np.ones(n)
+    row_sum[nonempty] = np.add.reduceat(w, starts)
+    w /= row_sum[rows]
+    return sp.csr_matrix((w, e_mat.indices.copy(), e_mat.indptr.copy()), shape=(n, n))
+
+
+def query_expansion(v_mat: sp.csr_matrix, knn: np.ndarray, k2: int) -> sp.csr_matrix:
+    """Step 5: ``V_qe[i] = mean_{j ∈ R[i, :k2]} V[j]`` as a sparse product; float32 CSR."""
+    n = v_mat.shape[0]
+    if k2 == 1:
+        out = v_mat.astype(np.float32)
+    else:
+        rows = np.repeat(np.arange(n, dtype=np.int64), k2)
+        q = sp.csr_matrix(
+            (np.full(rows.size, 1.0 / k2), (rows, knn[:, :k2].reshape(-1))), shape=(n, n)
+        )
+        out = (q @ v_mat).astype(np.float32).tocsr()
+    out.sort_indices()
+    return out
+
+
+def similarity_threshold(max_distance: float) -> float:
+    """Smallest ``S`` with ``1 - S/(2 - S) <= max_distance``: ``2(1 - eps)/(2 - eps)``."""
+    return 2.0 * (1.0 - max_distance) / (2.0 - max_distance)
+
+
+def min_sum_to_distance(s: np.ndarray) -> np.ndarray:
+    """``max(0, 1 - S/(2 - S))`` in float32 arithmetic, as the reference computes it."""
+    s32 = np.asarray(s, dtype=np.float32)
+    d = np.float32(1.0) - s32 / (np.float32(2.0) - s32)
+    return np.maximum(d, np.float32(0.0))
+
+
+def shared_support_pairs(
+    vqe: sp.csr_matrix, max_distance: float | None, chunk_rows: int = JACCARD_CHUNK_ROWS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Step 6: Jaccard distances of all pairs ``i < j`` with a shared column of ``V_qe``.
+
+    For each chunk of rows, every entry ``(i, c)`` is paired with the later rows ``j > i`` of
+    column ``c`` (a slice of the column's posting list, which is sorted by row), and
+    ``min(V[i, c], V[j, c])`` is accumulated into a (chunk x partners) buffer with
+    ``np.bincount`` after renumbering the chunk's partners compactly.
+
+    Args:
+        vqe: (N, N) float32 CSR with sorted indices.
+        max_distance: Keep pairs with ``d <= max_distance``; ``None`` keeps every pair with a
+            shared column.
+        chunk_rows: Rows per chunk.
+
+    Returns:
+        ``(rows, cols, dist, diag, contributions)``: pair arrays with ``rows < cols``, their
+        float32 distances, the float32 self-distances ``d(i, i)`` (N,), and the number of
+        contributions summed.
+    """
+    n = vqe.shape[0]
+    indptr, indices, data = vqe.indptr, vqe.indices, vqe.data
+    # Position of every CSR entry inside the CSC posting lists (rows ascending per column).
+    csc_order = np.argsort(indices, kind="stable")
+    pos_in_csc = np.empty(indices.size, dtype=np.int64)
+    pos_in_csc[csc_order] = np.arange(indices.size)
+    colptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(indices, minlength=n), out=colptr[1:])
+    csc_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))[csc_order]
+    csc_vals = data[csc_order]
+    # S(i, i) = Σ_c V[i, c]: the reference's min(V[i, c], V[i, c]) accumulation.
+    diag = min_sum_to_distance(np.add.reduceat(data, indptr[:-1]) if data.size else np.zeros(n))
+    diag[np.diff(indptr) == 0] = 1.0
+    s_min = -np.inf if max_distance is None else similarity_threshold(max_distance) - 1e-4
+    flags = np.zeros(n, dtype=bool)
+    local = np.zeros(n, dtype=np.int64)
+    out_rows: list[np.ndarray] = []
+    out_cols: list[np.ndarray] = []
+    out_dist: list[np.ndarray] = []
+    contributions = 0
+    for r0 in range(0, n, chunk_rows):
+        r1 = min(r0 + chunk_rows, n)
+        e0, e1 = indptr[r0], indptr[r1]
+        if e1 == e0:
+            continue
+        starts = pos_in_csc[e0:e1] + 1
+        lengths = colptr[indices[e0:e1] + 1] - starts
+        total = int(lengths.sum())
+        if total == 0:
+            continue
+        contributions += total
+        offsets = np.cumsum(lengths) - lengths
+        src = np.arange(total) + np.repeat(starts - offsets, lengths)
+        partner = csc_rows[src]
+        entry_rows = np.repeat(np.arange(r0, r1), np.diff(indptr[r0 : r1 + 1]))
+        i_loc = np.repeat(entry_rows - r0, lengths)
+        vals = np.minimum(np.repeat(data[e0:e1], lengths), csc_vals[src])
+        flags[partner] = True
+        uniq = np.flatnonzero(flags)
+        flags[uniq] = False
+        local[uniq] = np.arange(uniq.size)
+        width = uniq.size
+        acc = np.bincount(
+            i_loc * width + local[partner], weights=vals, minlength=(r1 - r0) * width
+        )
+        keep = np.flatnonzero(acc > s_min) if max_distance is not None else np.flatnonzero(acc)
+        if keep.size == 0:
+            continue
+        dist = min_sum_to_distance(acc[keep])
+        if max_distance is not None:
+            ok = dist <= np.float32(max_distance)
+            keep, dist = keep[ok], dist[ok]
+        il, jl = np.divmod(keep, width)
+        out_rows.append(il + r0)
+        out_cols.append(uniq[jl])
+        out_dist.append(dist)
+    if out_rows:
+        rows_all = np.concatenate(out_rows)
+        cols_all = np.concatenate(out_cols)
+        dist_all = np.concatenate(out_dist)
+    else:
+        rows_all = np.zeros(0, dtype=np.int64)
+        cols_all = np.zeros(0, dtype=np.int64)
+        dist_all = np.zeros(0, dtype=np.float32)
+    return rows_all, cols_all, dist_all, diag, contributions
+
+
+def _as_symmetric_csr(
+    n: int, rows: np.ndarray, cols: np.ndarray, dist: np.ndarray, diag: np.ndarray
+) -> sp.csr_matrix:
+    """CSR of the pairs ``i < j`` in both triangles plus the given diagonal entries.
+
+    Explicit zeros are kept and column indices sorted. ``diag`` (N,) holds d(i, i), NaN for a
+    diagonal entry to leave out.
+    """
+    on_diag = np.flatnonzero(~np.isnan(diag))
+    all_rows = np.concatenate([rows, cols, on_diag])
+    all_cols = np.concatenate([cols, rows, on_diag])
+    all_dist = np.concatenate([dist, dist, diag[on_diag]]).astype(np.float32)
+    order = np.lexsort((all_cols, all_rows))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(all_rows, minlength=n), out=indptr[1:])
+    # Built from raw arrays: the coo route could drop the explicit zeros DBSCAN relies on.
+    return sp.csr_matrix((all_dist[order], all_cols[order].astype(np.int64), indptr), shape=(n, n))
+
+
+def jaccard_distance(
+    features: Any,
+    k1: int = DEFAULT_K1,
+    k2: int = DEFAULT_K2,
+    max_distance: float | None = None,
+    *,
+    knn_backend: KnnBackend = "auto",
+    device: Any | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+    pool_extra: int = DEFAULT_POOL_EXTRA,
+    proposal_dtype: Any | None = None,
+    proposal_margin: int = DEFAULT_PROPOSAL_MARGIN,
+    timings: JaccardTimings | None = None,
+) -> np.ndarray | sp.csr_matrix:
+    """k-reciprocal Jaccard distance of method.md §7.2 (the reference's ``search_option=3``).
+
+    Args:
+        features: (N, D) torch tensor (CPU or CUDA) or numpy array, fed as the method feeds them
+            (flip-averaged features or CAE vectors; not re-normalised, §17.11).
+        k1: k-reciprocal neighbourhood size. If ``N < k1`` it is reduced to ``N`` (a warning is
+            logged): the reference would index faiss's ``-1`` padding instead.
+        k2: Query-expansion size (reduced to ``k1`` if larger; ``1`` disables the expansion).
+        max_distance: ``None`` for the dense (N, N) float32 matrix; otherwise a number in
+            ``[0, 1)`` and a ``scipy.sparse`` CSR matrix holding every pair with
+            ``d <= max_distance`` (both triangles and the diagonal, zeros stored explicitly,
+            column indices sorted). No N x N array is formed.
+        knn_backend: ``"auto"``, ``"torch"`` or ``"faiss"``
+            (:func:`~gur_lightning.clustering.knn.resolve_knn_backend`).
+        device: Device of the torch kNN (default: the features' device).
+        block_size: Block rows of the CPU kNN.
+        tie_tolerance: Near-tie guard of the kNN (0 keeps raw float32 order).
+        pool_extra: kNN candidates kept beyond k1 + 1 for the guard.
+        proposal_dtype: ``torch.bfloat16`` / ``torch.float16`` proposals with certified exact
+            rescoring, or ``None`` (float32 product).
+        proposal_margin: Extra proposed candidates per row.
+        timings: Optional record filled with per-step seconds and sizes.
+
+    Returns:
+        Dense float32 ``np.ndarray`` (N, N) or ``scipy.sparse.csr_matrix`` (see ``max_distance``).
+        Symmetric, ``d(i, i) ≈ 0`` (clamped at 0), ``d = 1`` for pairs without a shared column.
+
+    Raises:
+        ValueError: On invalid features (not 2-D, empty, NaN/inf, unsupported device) or options.
+    """
+    x_t = as_feature_tensor(features)
+    n = x_t.shape[0]
+    k1 = check_positive_int(k1, "k1")
+    k2 = check_positive_int(k2, "k2")
+    if max_distance is not None and not 0.0 <= float(max_distance) < 1.0:
+        raise ValueError(
+            f"max_distance must lie in [0, 1) (pairs without a shared column sit at 1, so a "
+            f"sparse matrix would be dense), got {max_distance}"
+        )
+    if max_distance is None and n > DENSE_LIMIT:
+        raise ValueError(
+            f"a dense ({n}, {n}) Jaccard matrix needs {4 * n * n / 1e9:.0f} GB; pass "
+            f"max_distance to get the sparse matrix of the pairs you need"
+        )
+    if n < k1:
+        log.warning("jaccard_distance: N=%d < k1=%d; using k1=%d", n, k1, n)
+        k1 = n
+    k2 = min(k2, k1)
+    timings = timings if timings is not None else JaccardTimings()
+    kh = min(half_k(k1) + 1, k1)
+    knn = exact_knn(
+        x_t,
+        k1,
+        boundaries=(k2, kh, k1),
+        backend=knn_backend,
+        device=device,
+        block_size=block_size,
+        tie_tolerance=tie_tolerance,
+        pool_extra=pool_extra,
+        proposal_dtype=proposal_dtype,
+        proposal_margin=proposal_margin,
+    )
+    timings.knn = knn.seconds
+    timings.knn_rows_rescored = knn.rows_rescored
+    timings.knn_rows_recomputed = knn.rows_recomputed
+    t0 = time.perf_counter()
+    x = x_t.cpu().numpy()
+    _, _, e_mat = reciprocal_expansion(knn.indices, k1)
+    v_mat = softmax_weights(x, knn, e_mat, k1)
+    vqe = query_expansion(v_mat, knn.indices, k2)
+    timings.nnz_expanded = int(e_mat.nnz)
+    timings.nnz_query_expanded = int(vqe.nnz)
+    del v_mat, e_mat
+    t1 = time.perf_counter()
+    timings.weights = t1 - t0
+    rows, cols, dist, diag, contributions = shared_support_pairs(vqe, max_distance)
+    timings.contributions = contributions
+    timings.pairs_kept = int(rows.size)
+    if max_distance is None:
+        out: np.ndarray | sp.csr_matrix = np.ones((n, n), dtype=np.float32)
+        out[rows, cols] = dist
+        out[cols, rows] = dist
+        out[np.arange(n), np.arange(n)] = diag
+    else:
+        # d(i, i) > max_distance only for a row of V_qe without any entry (d = 1).
+        diag_kept = np.where(diag <= np.float32(max_distance), diag, np.nan)
+        out = _as_symmetric_csr(n, rows, cols, dist, diag_kept)
+    timings.jaccard = time.perf_counter() - t1
+    log.debug(
+        "jaccard_distance: N=%d knn %.2fs weights %.2fs jaccard %.2fs (%d contributions)",
+        n,
+        timings.knn,
+        timings.weights,
+        timings.jaccard,
+        contributions,
+    )
+    return out

@@ -1,0 +1,586 @@
+"""Exact k-nearest neighbours by squared Euclidean distance (method.md §7.2, step 1).
+
+The reference ranks every point's neighbours with a faiss ``IndexFlatL2`` search that includes
+the point itself. This module returns the same lists, computed so that they are *exact*: the
+sets of the first ``b`` neighbours, for each boundary ``b`` the Jaccard distance depends on (k2,
+round(k1/2) + 1 and k1), equal those of the float64 order with ties broken by the lower index.
+
+Three engines produce a "pool" of the best ``k + 1 + pool_extra`` candidates per row by float32
+key ``2 x_i.x_j - |x_j|^2`` (larger is closer; it equals ``|x_i|^2 - d_ij``, so gaps between keys
+are gaps between squared distances):
+
+* CPU torch (default): a symmetric blocked Gram matrix. Each block pair is multiplied once and
+  serves both its rows and its columns; the diagonal blocks seed a per-row running threshold (the
+  pool's last key), after which a block only costs a comparison against it and a small merge
+  (performance.md, techniques 1-2).
+* GPU torch: row chunks against all points and ``torch.topk``.
+* faiss (optional dependency): ``IndexFlatL2``, on GPU only when ``faiss.get_num_gpus() > 0``.
+
+Then a near-tie guard (performance.md, technique 4): float32 may order a near-tie at a boundary
+differently from exact arithmetic, so every row whose key gap at a boundary is below
+``tie_tolerance`` is re-ranked with float64 distances ``sum((x_i - x_j)^2)`` (exact duplicates
+tie exactly and fall back to index order). Optionally, candidates are first proposed by a
+low-precision (bf16 / fp16) product, rescored exactly in float32 and certified by a per-row error
+bound; rows that fail the certificate are recomputed exactly (performance.md, technique 3). Both
+options keep the neighbour sets equal to the float64 ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from gur_lightning.clustering._validation import as_feature_tensor, check_positive_int
+from gur_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+KnnBackend = Literal["auto", "torch", "faiss"]
+
+DEFAULT_BLOCK_SIZE = 2048
+"""Rows per block of the CPU Gram matrix: a 2048 x 2048 float32 block is 16 MB."""
+DEFAULT_TIE_TOLERANCE = 1e-5
+"""Key gap (squared-distance units) under which a boundary is re-ranked in float64.
+
+float32 Gram entries of d = 2048 unit vectors carry errors of order 1e-7 to 1e-6, so 1e-5 leaves
+an order of magnitude of margin (performance.md, technique 4: ~1 % of rows are re-ranked)."""
+DEFAULT_POOL_EXTRA = 8
+"""Candidates kept beyond k + 1, so that a re-ranked row rarely needs a full float64 recompute."""
+DEFAULT_PROPOSAL_MARGIN = 24
+"""Extra low-precision candidates per row before exact rescoring (performance.md: k1 + 20)."""
+GPU_CHUNK_ELEMENTS = 1 << 27
+"""Largest (rows x N) similarity chunk on GPU: 512 MB of float32."""
+RESCORE_CHUNK_ROWS = 128
+"""Rows per chunk when pool entries are rescored exactly (a (128, P, D) gather at a time)."""
+FLOAT64_SHORTLIST_SLACK = 1e-9
+"""Slack of a full float64 row recompute: candidates within it of the cut are re-ranked exactly."""
+
+
+@dataclass(frozen=True)
+class KnnResult:
+    """Exact neighbour lists of every point, the point itself included.
+
+    Attributes:
+        indices: (N, k) int64, by ascending squared Euclidean distance; the sets of the first
+            ``b`` columns are exact for every requested boundary ``b`` (ties: lower index first).
+        dots: (N, k) float32 inner products ``x_i . x_j`` of the listed pairs.
+        rows_rescored: Rows whose near-tied boundaries were re-ranked in float64.
+        rows_recomputed: Rows recomputed against all points (failed proposal certificate, or a
+            float64 re-ranking that reached past the candidate pool).
+        backend: ``"torch-cpu"``, ``"torch-cuda"``, ``"faiss-cpu"`` or ``"faiss-gpu"``.
+        seconds: Wall time of the search.
+    """
+
+    indices: np.ndarray
+    dots: np.ndarray
+    rows_rescored: int
+    rows_recomputed: int
+    backend: str
+    seconds: float
+
+
+@contextlib.contextmanager
+def ieee_float32_matmul() -> Iterator[None]:
+    """Force true float32 matrix products (no TF32 / bf16 shortcuts) inside the block.
+
+    Lightning users often enable TF32 for training; its 10-bit mantissa would reorder neighbours.
+    Uses the per-backend ``fp32_precision`` API (mixing it with the legacy global setter raises in
+    recent torch) and restores the caller's settings.
+    """
+    backends = [
+        b
+        for b in (
+            getattr(torch.backends.cuda, "matmul", None),
+            getattr(getattr(torch.backends, "mkldnn", None), "matmul", None),
+        )
+        if b is not None and hasattr(b, "fp32_precision")
+    ]
+    saved = [b.fp32_precision for b in backends]
+    cuda_reduced = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    try:
+        for b in backends:
+            b.fp32_precision = "ieee"
+        # Proposal products in bf16 must accumulate in float32 for the error bound to hold.
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        yield
+    finally:
+        for b, value in zip(backends, saved, strict=True):
+            b.fp32_precision = value
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = cuda_reduced
+
+
+def faiss_available() -> bool:
+    """Return whether the optional ``faiss`` package can be imported."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _faiss_num_gpus() -> int:
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def resolve_knn_device(features: torch.Tensor, device: Any | None) -> torch.device:
+    """Return the device the torch kNN runs on.
+
+    Args:
+        features: The (N, D) feature tensor.
+        device: ``None`` (the features' own device), or a device / string such as ``"cuda"``.
+
+    Returns:
+        A ``torch.device`` of type cpu or cuda.
+
+    Raises:
+        ValueError: If the device is unsupported or CUDA is requested but unavailable.
+    """
+    dev = features.device if device is None else torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"knn device must be 'cpu' or 'cuda', got '{dev}'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"knn device '{dev}' requested but torch.cuda.is_available() is False")
+    return dev
+
+
+def resolve_knn_backend(backend: str, run_device: torch.device) -> str:
+    """Resolve ``"auto"`` and validate an explicit backend name.
+
+    ``"auto"`` is the torch engine, except on a machine whose faiss has GPUs while the torch
+    features live on the CPU, where faiss-GPU is used. All engines give the same neighbour sets
+    (the near-tie guard runs on each), so the choice only affects speed.
+
+    Args:
+        backend: ``"auto"``, ``"torch"`` or ``"faiss"``.
+        run_device: The device resolved by :func:`resolve_knn_device`.
+
+    Returns:
+        ``"torch"`` or ``"faiss"``.
+
+    Raises:
+        ValueError: For an unknown name, or ``"faiss"`` when faiss is not installed.
+    """
+    if backend not in ("auto", "torch", "faiss"):
+        raise ValueError(f"knn_backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+    if backend == "faiss" and not faiss_available():
+        raise ValueError(
+            "knn_backend='faiss' but faiss is not installed; pip install faiss-cpu (or "
+            "faiss-gpu), or use knn_backend='torch'"
+        )
+    if backend == "auto":
+        if run_device.type == "cpu" and faiss_available() and _faiss_num_gpus() > 0:
+            return "faiss"
+        return "torch"
+    return backend
+
+
+class _Pool:
+    """Per-row best-``depth`` candidates by float32 key, kept sorted (descending key).
+
+    numpy arrays: on small ragged arrays numpy's sorts and scatters are several times faster
+    than torch's CPU kernels, and the pool is merged once per block.
+    """
+
+    def __init__(self, n: int, depth: int) -> None:
+        self.depth = depth
+        self.key = np.full((n, depth), -np.inf, dtype=np.float32)
+        self.idx = np.full((n, depth), -1, dtype=np.int64)
+        self.dot = np.zeros((n, depth), dtype=np.float32)
+
+    @property
+    def theta(self) -> np.ndarray:
+        """Running threshold per row: the key a new candidate must beat (the pool's last key)."""
+        return self.key[:, self.depth - 1]
+
+    def merge(
+        self, rows: np.ndarray, cols: np.ndarray, keys: np.ndarray, dots: np.ndarray
+    ) -> None:
+        """Merge candidates (row, col, key, dot), each pair new to its row, into the pool."""
+        if rows.size == 0:
+            return
+        depth = self.depth
+        order = np.argsort(rows)
+        rows, cols, keys, dots = rows[order], cols[order], keys[order], dots[order]
+        first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        counts = np.diff(np.r_[first, rows.size])
+        urows = rows[first]
+        width = int(counts.max())
+        # Lay the new candidates out as a padded (U, width) block next to the (U, depth) pool
+        # rows, so that one row-wise sort merges them.
+        line = np.repeat(np.arange(urows.size), counts)
+        slot = np.arange(rows.size) - np.repeat(first, counts)
+        new_key = np.full((urows.size, width), -np.inf, dtype=np.float32)
+        new_idx = np.full((urows.size, width), -1, dtype=np.int64)
+        new_dot = np.zeros((urows.size, width), dtype=np.float32)
+        new_key[line, slot], new_idx[line, slot], new_dot[line, slot] = keys, cols, dots
+        all_key = np.concatenate([self.key[urows], new_key], axis=1)
+        top = np.argsort(-all_key, axis=1)[:, :depth]
+        self.key[urows] = np.take_along_axis(all_key, top, axis=1)
+        all_idx = np.concatenate([self.idx[urows], new_idx], axis=1)
+        self.idx[urows] = np.take_along_axis(all_idx, top, axis=1)
+        all_dot = np.concatenate([self.dot[urows], new_dot], axis=1)
+        self.dot[urows] = np.take_along_axis(all_dot, top, axis=1)
+
+    def seed(self, start: int, key: np.ndarray, dot: np.ndarray, cols: np.ndarray) -> None:
+        """Fill rows ``start ...`` with their best candidates among ``cols`` ((B, C) key / dot)."""
+        kk = min(self.depth, cols.size)
+        part = np.argpartition(-key, kk - 1, axis=1)[:, :kk] if kk < cols.size else None
+        if part is None:
+            part = np.broadcast_to(np.arange(cols.size), key.shape)
+        sub = np.take_along_axis(key, part, axis=1)
+        order = np.argsort(-sub, axis=1)
+        part = np.take_along_axis(part, order, axis=1)
+        rows = slice(start, start + key.shape[0])
+        self.key[rows, :kk] = np.take_along_axis(sub, order, axis=1)
+        self.idx[rows, :kk] = cols[part]
+        self.dot[rows, :kk] = np.take_along_axis(dot, part, axis=1)
+
+
+SEED_COLUMNS_PER_SLOT = 4
+"""A diagonal block seeds its rows from ~4 x depth sampled columns before the threshold pass."""
+
+
+def _blocked_cpu_pool(
+    x: torch.Tensor, norms: np.ndarray, depth: int, block: int, proposal: torch.dtype | None
+) -> _Pool:
+    """Best-``depth`` pool per row from a symmetric blocked Gram matrix (CPU).
+
+    Every block pair (I, J), I <= J, is multiplied once. A diagonal block first seeds its rows
+    from a strided column sample (a top-k over all its columns would cost half a product); then
+    every block is scanned against the running thresholds (:func:`_scan_block`).
+    """
+    n = x.shape[0]
+    pool = _Pool(n, depth)
+    xs = x if proposal is None else x.to(proposal)
+    starts = list(range(0, n, block))
+    side = min(block, n)
+    buf = torch.empty((side, side), dtype=xs.dtype)
+    masks = (np.empty((side, side), dtype=bool), np.empty((side, side), dtype=bool))
+    # Diagonal blocks first: seeding overwrites a row's pool, so it must precede the rest.
+    pairs = [(s, s) for s in starts]
+    pairs += [(s, t) for bi, s in enumerate(starts) for t in starts[bi + 1 :]]
+    for s, t in pairs:
+        e, u = min(s + block, n), min(t + block, n)
+        out = buf[: e - s, : u - t]
+        torch.mm(xs[s:e], xs[t:u].t(), out=out)
+        g = out.numpy() if proposal is None else out.float().numpy()
+        _scan_block(pool, g, s, t, norms, masks)
+    return pool
+
+
+def _scan_block(
+    pool: _Pool,
+    g: np.ndarray,
+    s: int,
+    t: int,
+    norms: np.ndarray,
+    masks: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Merge the candidates of one Gram block ``g = X[s:s+B] X[t:t+C]^T`` into the pool.
+
+    ``2 g_ij - |x_j|^2 > theta_i`` implies ``g_ij > (theta_i + min_J |x_j|^2) / 2``, a scalar per
+    row (and likewise per column for the transposed use of an off-diagonal block), so the scan
+    is two comparisons on the raw product; exact keys are computed only for the survivors.
+    """
+    rows_b, cols_b = g.shape
+    e, u = s + rows_b, t + cols_b
+    mask = masks[0][:rows_b, :cols_b]
+    if t == s:
+        stride = max(1, rows_b // (SEED_COLUMNS_PER_SLOT * pool.depth))
+        sample = np.arange(0, rows_b, stride)
+        pool.seed(s, 2.0 * g[:, sample] - norms[s + sample][None, :], g[:, sample], s + sample)
+        lim = (pool.theta[s:e] + norms[s:e].min()) * 0.5
+        np.greater(g, lim[:, None], out=mask)
+        mask[:, sample] = False  # already in the pool
+    else:
+        lim_rows = (pool.theta[s:e] + norms[t:u].min()) * 0.5
+        lim_cols = (pool.theta[t:u] + norms[s:e].min()) * 0.5
+        np.greater(g, lim_rows[:, None], out=mask)
+        tmp = masks[1][:rows_b, :cols_b]
+        np.greater(g, lim_cols[None, :], out=tmp)
+        mask |= tmp
+    flat = np.flatnonzero(mask)
+    if flat.size == 0:
+        return
+    r, c = np.divmod(flat, cols_b)
+    gv = g.reshape(-1)[flat]
+    key_row = 2.0 * gv - norms[t + c]
+    sel_row = key_row > pool.theta[s + r]
+    if t == s:
+        pool.merge(r[sel_row] + s, c[sel_row] + t, key_row[sel_row], gv[sel_row])
+        return
+    key_col = 2.0 * gv - norms[s + r]
+    sel_col = key_col > pool.theta[t + c]
+    # Rows of I and rows of J are disjoint: two independent merges.
+    pool.merge(r[sel_row] + s, c[sel_row] + t, key_row[sel_row], gv[sel_row])
+    pool.merge(c[sel_col] + t, r[sel_col] + s, key_col[sel_col], gv[sel_col])
+
+
+def _chunked_gpu_pool(x: torch.Tensor, depth: int, proposal: torch.dtype | None) -> _Pool:
+    """Best-``depth`` pool per row from row chunks against all points and ``topk`` (GPU)."""
+    n = x.shape[0]
+    pool = _Pool(n, depth)
+    norms = (x * x).sum(1)
+    xs = x if proposal is None else x.to(proposal)
+    chunk = max(1, min(n, GPU_CHUNK_ELEMENTS // n))
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        g = torch.mm(xs[s:e], xs.t()).float()
+        top_key, top_pos = torch.topk(2.0 * g - norms[None, :], depth, dim=1)
+        pool.key[s:e] = top_key.cpu().numpy()
+        pool.idx[s:e] = top_pos.cpu().numpy()
+        pool.dot[s:e] = g.gather(1, top_pos).cpu().numpy()
+    return pool
+
+
+def _faiss_pool(x: np.ndarray, depth: int) -> tuple[_Pool, str]:
+    """Best-``depth`` pool per row from faiss ``IndexFlatL2`` (GPU only if faiss has GPUs)."""
+    import faiss
+
+    n, d = x.shape
+    name = "faiss-cpu"
+    index = faiss.IndexFlatL2(d)
+    if _faiss_num_gpus() > 0:
+        # Only reached when faiss reports GPUs: calling GPU functions otherwise kills the process.
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        name = "faiss-gpu"
+    index.add(x)
+    dist, idx = index.search(x, depth)
+    pool = _Pool(n, depth)
+    idx = np.asarray(idx, dtype=np.int64)
+    valid = idx >= 0
+    pool.idx = np.where(valid, idx, -1)
+    # faiss returns squared distances; the negated distance orders and gaps like the key does.
+    pool.key = np.where(valid, -np.asarray(dist, dtype=np.float32), -np.inf).astype(np.float32)
+    pool.dot = _exact_dots(x, np.arange(n), pool.idx)
+    return pool, name
+
+
+def _exact_dots(x: np.ndarray, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """float32 inner products ``x[rows[a]] . x[idx[a, b]]`` (``idx`` -1 gives 0); (R, P)."""
+    out = np.zeros(idx.shape, dtype=np.float32)
+    for s in range(0, rows.size, RESCORE_CHUNK_ROWS):
+        e = min(s + RESCORE_CHUNK_ROWS, rows.size)
+        sub = idx[s:e]
+        prod = np.einsum("rpd,rd->rp", x[np.maximum(sub, 0)], x[rows[s:e]])
+        out[s:e] = np.where(sub >= 0, prod, 0.0)
+    return out
+
+
+def _certify_proposals(
+    x: torch.Tensor, norms: np.ndarray, pool: _Pool, depth: int, proposal: torch.dtype
+) -> tuple[_Pool, int]:
+    """Rescore a low-precision pool exactly in float32, certify it and trim it to ``depth``.
+
+    A point outside the pool has proposal key at most the pool's last proposal key ``p_last``;
+    its exact key is at most ``p_last + bound_i``, where ``bound_i`` bounds the proposal error of
+    row ``i``: input rounding ``2u + u^2`` and output rounding ``u`` of the proposal format plus
+    float32 accumulation ``D u32``, all times ``|x_i| max_j |x_j|`` (Cauchy-Schwarz), doubled for
+    the key. If that stays below the exact ``depth``-th key, no outsider can enter the exact top
+    ``depth``; otherwise the row is recomputed exactly in float32.
+    """
+    xn = x.numpy()
+    n, dim = xn.shape
+    u = torch.finfo(proposal).eps / 2.0
+    u32 = float(np.finfo(np.float32).eps) / 2.0
+    row_norm = np.sqrt(np.maximum(norms, 0.0)).astype(np.float64)
+    scale = row_norm * row_norm.max()
+    bound = 2.0 * scale * (3.0 * u + u * u + dim * u32) + 4.0 * u32 * (scale + norms.max())
+    p_last = pool.key[:, -1].astype(np.float64)
+    dots = _exact_dots(xn, np.arange(n), pool.idx)
+    keys = np.where(pool.idx >= 0, 2.0 * dots - norms[np.maximum(pool.idx, 0)], -np.inf)
+    order = np.argsort(-keys, axis=1)[:, :depth]
+    trimmed = _Pool(n, depth)
+    trimmed.key = np.take_along_axis(keys, order, axis=1).astype(np.float32)
+    trimmed.idx = np.take_along_axis(pool.idx, order, axis=1)
+    trimmed.dot = np.take_along_axis(dots, order, axis=1)
+    # A pool that already holds every point has no outsider to fear.
+    full = (pool.idx[:, -1] < 0) | (pool.depth >= n)
+    bad = np.flatnonzero(~full & (p_last + bound >= trimmed.key[:, -1]))
+    xt = torch.from_numpy(xn)
+    nt = torch.from_numpy(norms)
+    for s in range(0, bad.size, RESCORE_CHUNK_ROWS):
+        rows = bad[s : s + RESCORE_CHUNK_ROWS]
+        g = torch.mm(xt[torch.from_numpy(rows)], xt.t())
+        key, pos = torch.topk(2.0 * g - nt[None, :], depth, dim=1)
+        trimmed.key[rows] = key.numpy()
+        trimmed.idx[rows] = pos.numpy()
+        trimmed.dot[rows] = g.gather(1, pos).numpy()
+    return trimmed, int(bad.size)
+
+
+def _float64_rerank(x: np.ndarray, rows: np.ndarray, cand: np.ndarray) -> tuple:
+    """Sort candidates ``cand`` (R, P; -1 = none) of ``rows`` by float64 distance, then index.
+
+    Distances are ``sum((x_i - x_j)^2)`` in float64, so exact duplicates tie exactly.
+
+    Returns:
+        (sorted indices (R, P), sorted float64 squared distances (R, P), +inf for none).
+    """
+    diff = x[rows].astype(np.float64)[:, None, :] - x[np.maximum(cand, 0)].astype(np.float64)
+    d64 = np.einsum("rpd,rpd->rp", diff, diff)
+    d64 = np.where(cand >= 0, d64, np.inf)
+    idx_key = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
+    order = np.lexsort((idx_key, d64), axis=1)
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(d64, order, axis=1)
+
+
+def _settle_near_ties(
+    x: np.ndarray,
+    norms: np.ndarray,
+    pool: _Pool,
+    boundaries: Sequence[int],
+    tolerance: float,
+) -> tuple[int, int]:
+    """Re-rank in float64 every row whose key gap at a boundary is below ``tolerance``.
+
+    Modifies ``pool.idx`` / ``pool.dot`` in place (their keys are then stale). A row whose float64
+    order could involve a point outside the pool is recomputed against all points in float64.
+
+    Returns:
+        (rows re-ranked, rows recomputed against all points).
+    """
+    n, depth = pool.idx.shape
+    flagged = np.zeros(n, dtype=bool)
+    for b in boundaries:
+        if b < depth:
+            gap = pool.key[:, b - 1] - pool.key[:, b]
+            flagged |= (gap < tolerance) & (pool.idx[:, b] >= 0)
+    rows_all = np.flatnonzero(flagged)
+    kmax = max(boundaries)
+    redo: list[np.ndarray] = []
+    for s in range(0, rows_all.size, RESCORE_CHUNK_ROWS):
+        rows = rows_all[s : s + RESCORE_CHUNK_ROWS]
+        new_idx, d_sorted = _float64_rerank(x, rows, pool.idx[rows])
+        # An outsider has float32 key <= the pool's last key, hence a true squared distance of
+        # at least |x_i|^2 - last_key - tolerance: it cannot displace a closer kept neighbour.
+        outsider = norms[rows].astype(np.float64) - pool.key[rows, -1] - tolerance
+        if depth < n:
+            redo.append(rows[(pool.idx[rows, -1] >= 0) & ~(d_sorted[:, kmax - 1] < outsider)])
+        pool.idx[rows] = new_idx
+        pool.dot[rows] = _exact_dots(x, rows, new_idx)
+    redo_rows = np.concatenate(redo) if redo else np.zeros(0, dtype=np.int64)
+    if redo_rows.size:
+        x64 = x.astype(np.float64)
+        norms64 = np.einsum("nd,nd->n", x64, x64)
+    for i in redo_rows.tolist():
+        d_norm = norms64 + norms64[i] - 2.0 * (x64 @ x64[i])
+        cut = np.partition(d_norm, depth - 1)[depth - 1]
+        cand = np.flatnonzero(d_norm <= cut + FLOAT64_SHORTLIST_SLACK)
+        new_idx, _ = _float64_rerank(x, np.array([i]), cand[None, :])
+        pool.idx[i] = new_idx[0, :depth]
+        pool.dot[i] = _exact_dots(x, np.array([i]), pool.idx[i : i + 1])[0]
+    return int(rows_all.size), int(redo_rows.size)
+
+
+def exact_knn(
+    features: Any,
+    k: int,
+    *,
+    boundaries: Sequence[int] | None = None,
+    backend: KnnBackend = "auto",
+    device: Any | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+    pool_extra: int = DEFAULT_POOL_EXTRA,
+    proposal_dtype: torch.dtype | None = None,
+    proposal_margin: int = DEFAULT_PROPOSAL_MARGIN,
+) -> KnnResult:
+    """The ``k`` nearest neighbours of every point by squared Euclidean distance, self included.
+
+    Implements the kNN of method.md §7.2 step 1 (the reference's faiss ``IndexFlatL2`` search),
+    made exact at the boundaries that matter (see the module docstring).
+
+    Args:
+        features: (N, D) torch tensor (CPU or CUDA) or numpy array; need not be unit-norm.
+        k: Neighbours per point, 1 <= k <= N.
+        boundaries: Prefix sizes whose neighbour *sets* must be exact (default ``(k,)``; ``k`` is
+            always included). The Jaccard distance passes (k2, round(k1/2) + 1, k1).
+        backend: ``"auto"``, ``"torch"`` or ``"faiss"`` (see :func:`resolve_knn_backend`).
+        device: Device of the torch engine (default: the features' device).
+        block_size: Rows per block of the CPU engine.
+        tie_tolerance: Key gap below which a boundary is re-ranked in float64; 0 disables the
+            guard (raw float32 order, like the reference's faiss search).
+        pool_extra: Candidates kept beyond ``k + 1`` for the float64 re-ranking.
+        proposal_dtype: ``torch.bfloat16`` or ``torch.float16`` to propose candidates with a
+            cheaper product (fast on AMX CPUs and GPUs), then rescore and certify them exactly.
+            ``None`` (default) computes the product in float32.
+        proposal_margin: Extra proposed candidates per row before certification.
+
+    Returns:
+        A :class:`KnnResult` with (N, k) indices and dots.
+
+    Raises:
+        ValueError: On invalid features or options (see :func:`as_feature_tensor`).
+    """
+    start = time.perf_counter()
+    x_in = as_feature_tensor(features)
+    n = x_in.shape[0]
+    k = check_positive_int(k, "k")
+    if k > n:
+        raise ValueError(f"k={k} neighbours requested but there are only N={n} points")
+    bounds = sorted({int(b) for b in (boundaries or ())} | {k})
+    if bounds[0] < 1 or bounds[-1] > k:
+        raise ValueError(f"boundaries must lie in [1, k={k}], got {list(boundaries or ())}")
+    block_size = check_positive_int(block_size, "block_size")
+    pool_extra = check_positive_int(pool_extra, "pool_extra", minimum=0)
+    if not tie_tolerance >= 0:
+        raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
+    if proposal_dtype not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"proposal_dtype must be None, torch.bfloat16 or torch.float16, got {proposal_dtype}"
+        )
+    run_device = resolve_knn_device(x_in, device)
+    engine = resolve_knn_backend(backend, run_device)
+    depth = min(n, k + 1 + pool_extra)
+    x = x_in.cpu()
+    xn = x.numpy()
+    norms = np.einsum("nd,nd->n", xn, xn)
+    rows_recomputed = 0
+    with ieee_float32_matmul():
+        if engine == "faiss":
+            if proposal_dtype is not None:
+                raise ValueError("proposal_dtype applies to the torch engine, not to faiss")
+            pool, name = _faiss_pool(xn, depth)
+        else:
+            prop_depth = depth if proposal_dtype is None else min(n, depth + proposal_margin)
+            if run_device.type == "cuda":
+                pool = _chunked_gpu_pool(x_in.to(run_device), prop_depth, proposal_dtype)
+                name = "torch-cuda"
+            else:
+                pool = _blocked_cpu_pool(x, norms, prop_depth, block_size, proposal_dtype)
+                name = "torch-cpu"
+            if proposal_dtype is not None:
+                pool, rows_recomputed = _certify_proposals(x, norms, pool, depth, proposal_dtype)
+        rescored, recomputed = (
+            _settle_near_ties(xn, norms, pool, bounds, tie_tolerance)
+            if tie_tolerance > 0
+            else (0, 0)
+        )
+    seconds = time.perf_counter() - start
+    log.debug(
+        "exact_knn: N=%d k=%d %s %.2fs, %d rows re-ranked in float64, %d recomputed",
+        n,
+        k,
+        name,
+        seconds,
+        rescored,
+        rows_recomputed + recomputed,
+    )
+    return KnnResult(
+        indices=np.ascontiguousarray(pool.idx[:, :k]),
+        dots=np.ascontiguousarray(pool.dot[:, :k]),
+        rows_rescored=rescored,
+        rows_recomputed=rows_recomputed + recomputed,
+        backend=name,
+        seconds=seconds,
+    )
