@@ -140,6 +140,18 @@ def test_other_parameters_regenerate_a_synvi_tree(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]  # no temporary leftovers
 
 
+def test_tree_installed_meanwhile_by_another_process_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = generate_synvi("regdb", tmp_path / "shared", **TINY_REGDB)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    # As if this process checked the target before another rank finished installing it.
+    monkeypatch.setattr(gen, "_check_target", lambda *args: False)
+    generate_synvi("regdb", out, **TINY_REGDB)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+
+
 def test_refuses_to_overwrite_foreign_directory(tmp_path: Path) -> None:
     out = tmp_path / "mydata"
     out.mkdir()

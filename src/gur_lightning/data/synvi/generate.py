@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import numbers
 import os
 import shutil
 import tempfile
@@ -65,8 +66,9 @@ def tree_parameters(
     Raises:
         ValueError: On an invalid option.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"SynVI seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
     cfg = resolve_config(
         layout, preset=preset, num_ids=num_ids, height=height, width=width, overrides=overrides
     )
@@ -186,6 +188,11 @@ def _check_target(out: Path, digest: str) -> bool:
 def _install(tmp: Path, out: Path, digest: str) -> None:
     """Move the finished tree ``tmp`` to ``out``, replacing an empty folder or old SynVI tree."""
     old: Path | None = None
+    if _is_complete(out, digest):
+        # Another process (e.g. another DDP rank) installed the same tree meanwhile; keep it
+        # rather than moving files from under its readers.
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     if out.exists():
         if any(out.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.synvi-old-", dir=out.parent))
