@@ -1,23 +1,32 @@
 """DBSCAN on the k-reciprocal Jaccard distance through a sparse radius graph (method.md §7.3).
 
 The reference runs ``sklearn.cluster.DBSCAN(eps, min_samples=4, metric="precomputed")`` on the
-dense N x N matrix. scikit-learn only needs each point's neighbours within ``eps``, so this module
-hands it the sparse matrix of the pairs with ``d <= eps`` (performance.md, technique 8): explicit
-zeros are stored (scikit-learn reads a missing entry as "not a neighbour"), the diagonal is
-present, and each row is sorted by distance (what scikit-learn's precomputed-graph check expects,
-so it neither warns nor copies). DBSCAN's labels depend only on the neighbour sets, hence they are
-identical to those on the dense matrix.
+dense N x N matrix. DBSCAN only needs each point's neighbours within ``eps``, so the labels are
+computed here from the sparse graph of the pairs with ``d <= eps`` (performance.md, technique 8),
+with scikit-learn's exact semantics:
+
+* ``j`` is a neighbour of ``i`` iff ``d(i, j) <= eps``, the point itself included only if its own
+  distance is (scikit-learn's sparse input path would always re-insert the diagonal, which
+  differs from the dense path in the corner case ``d(i, i) > eps``: an empty ``V_qe`` row, or
+  ``eps`` below float32 rounding; hence the labelling is done here rather than by scikit-learn);
+* core points have at least ``min_samples`` neighbours;
+* clusters are the connected components of core points linked by a neighbour relation,
+  numbered in the order of their smallest core index (the order of scikit-learn's scan);
+* a non-core point with a core neighbour joins the lowest-numbered such cluster (the first
+  expansion to reach it in scikit-learn's scan); the others are outliers (``-1``).
+
+This equals ``DBSCAN(...).fit_predict(dense)`` for a symmetric distance matrix, which the
+Jaccard distance is; the tests compare both on random graphs and on Jaccard matrices.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.cluster import DBSCAN
+from scipy.sparse.csgraph import connected_components
 
 from gur_lightning.clustering._validation import check_positive_int
 from gur_lightning.clustering.jaccard import (
@@ -34,46 +43,57 @@ DEFAULT_MIN_SAMPLES = 4
 """DBSCAN ``min_samples`` (method.md §7.3; counts the point itself)."""
 
 
-def sort_rows_by_distance(graph: sp.csr_matrix) -> sp.csr_matrix:
-    """Reorder every CSR row by ascending distance (then column), keeping explicit zeros.
-
-    Args:
-        graph: (N, N) CSR matrix of distances.
-
-    Returns:
-        A new CSR matrix with the same entries, rows sorted by value.
-    """
-    n = graph.shape[0]
-    rows = np.repeat(np.arange(n), np.diff(graph.indptr))
-    order = np.lexsort((graph.indices, graph.data, rows))
-    out = sp.csr_matrix(
-        (graph.data[order], graph.indices[order], graph.indptr.copy()), shape=graph.shape
-    )
-    out.has_sorted_indices = False
-    return out
-
-
 def dbscan_on_graph(
-    graph: sp.csr_matrix, eps: float, min_samples: int = DEFAULT_MIN_SAMPLES
+    graph: sp.spmatrix, eps: float, min_samples: int = DEFAULT_MIN_SAMPLES
 ) -> np.ndarray:
-    """scikit-learn DBSCAN on a sparse precomputed radius graph.
+    """DBSCAN labels from a sparse symmetric precomputed-distance graph.
 
     Args:
-        graph: (N, N) CSR distances holding at least every pair with ``d <= eps``, the diagonal
-            included, zeros stored explicitly.
+        graph: (N, N) sparse distances holding at least every pair with ``d <= eps``; entries
+            above ``eps`` are ignored, a missing entry is "not a neighbour" (store zeros
+            explicitly). Must be symmetric in its ``<= eps`` pattern.
         eps: Neighbourhood radius (``d <= eps`` is a neighbour, as scikit-learn).
-        min_samples: Neighbours (self included) that make a core point.
+        min_samples: Neighbours (self included when ``d(i, i) <= eps``) of a core point.
 
     Returns:
-        (N,) int64 labels ``0..K-1``, ``-1`` for outliers.
+        (N,) int64 labels ``0..K-1`` in scikit-learn's order, ``-1`` for outliers.
+
+    Raises:
+        ValueError: If the graph is not square or ``min_samples`` is not a positive integer.
     """
-    graph = sort_rows_by_distance(graph)
-    model = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed")
-    with warnings.catch_warnings():
-        # scikit-learn re-sets the (already present) diagonal and may note the sparse edit.
-        warnings.simplefilter("ignore", sp.SparseEfficiencyWarning)
-        labels = model.fit_predict(graph)
-    return labels.astype(np.int64)
+    min_samples = check_positive_int(min_samples, "min_samples")
+    if graph.ndim != 2 or graph.shape[0] != graph.shape[1]:
+        raise ValueError(f"graph must be a square (N, N) matrix, got shape {graph.shape}")
+    n = graph.shape[0]
+    g = sp.csr_matrix(graph)
+    rows = np.repeat(np.arange(n), np.diff(g.indptr))
+    near = g.data <= eps
+    rows, cols = rows[near], g.indices[near]
+    core = np.bincount(rows, minlength=n) >= min_samples
+    labels = np.full(n, -1, dtype=np.int64)
+    if not core.any():
+        return labels
+    link = core[rows] & core[cols]
+    adjacency = sp.csr_matrix(
+        (np.ones(int(link.sum()), dtype=np.int8), (rows[link], cols[link])), shape=(n, n)
+    )
+    _, comp = connected_components(adjacency, directed=False)
+    core_idx = np.flatnonzero(core)
+    # Number clusters by their smallest core index: np.unique on the components in index order.
+    first = np.full(comp.max() + 1, n, dtype=np.int64)
+    np.minimum.at(first, comp[core_idx], core_idx)
+    used = np.flatnonzero(first < n)
+    rank = np.full(comp.max() + 1, -1, dtype=np.int64)
+    rank[used[np.argsort(first[used], kind="stable")]] = np.arange(used.size)
+    labels[core_idx] = rank[comp[core_idx]]
+    # Border points: the lowest cluster id among their core neighbours.
+    border = ~core[rows] & core[cols]
+    if border.any():
+        best = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(best, rows[border], labels[cols[border]])
+        hit = best < np.iinfo(np.int64).max
+        labels[hit] = best[hit]
+    return labels
 
 
 def dbscan_labels(
@@ -95,7 +115,7 @@ def dbscan_labels(
     Args:
         features: (N, D) torch tensor or numpy array (see
             :func:`~gur_lightning.clustering.jaccard.jaccard_distance`).
-        eps: DBSCAN radius in [0, 1) (0.6 / 0.55 / 0.3 in the reference, method.md §7.3).
+        eps: DBSCAN radius in (0, 1) (0.6 / 0.55 / 0.3 in the reference, method.md §7.3).
         min_samples: Neighbours (self included) that make a core point.
         k1: k-reciprocal neighbourhood size.
         k2: Query-expansion size.
@@ -110,21 +130,16 @@ def dbscan_labels(
     Raises:
         ValueError: On invalid features or options.
     """
-    if not 0.0 <= float(eps) < 1.0:
-        raise ValueError(f"eps must lie in [0, 1) for the Jaccard distance, got {eps}")
+    if not 0.0 < float(eps) < 1.0:
+        raise ValueError(
+            f"eps must lie in (0, 1) for the Jaccard distance (scikit-learn needs eps > 0; "
+            f"d = 1 is the distance of unrelated points), got {eps}"
+        )
     min_samples = check_positive_int(min_samples, "min_samples")
     timings = timings if timings is not None else JaccardTimings()
     graph = jaccard_distance(features, k1, k2, max_distance=eps, timings=timings, **knn_kwargs)
     start = time.perf_counter()
     labels = dbscan_on_graph(graph, eps, min_samples)
-    # A point whose own distance exceeds eps (an empty V_qe row: d(i, i) = 1, and d = 1 to all
-    # others) has no neighbour on the dense matrix, not even itself; scikit-learn re-inserts a
-    # missing sparse diagonal as 0, which makes it a singleton cluster when min_samples == 1.
-    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
-    has_self = np.zeros(graph.shape[0], dtype=bool)
-    has_self[rows[graph.indices == rows]] = True
-    if not has_self.all():
-        labels = _drop_points(labels, np.flatnonzero(~has_self))
     timings.extra["dbscan"] = time.perf_counter() - start
     n_clusters = int(labels.max()) + 1 if labels.size else 0
     log.debug(
@@ -135,13 +150,3 @@ def dbscan_labels(
         int((labels < 0).sum()),
     )
     return labels
-
-
-def _drop_points(labels: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Mark ``points`` as outliers and renumber the surviving clusters in their old order."""
-    labels = labels.copy()
-    labels[points] = -1
-    kept = np.unique(labels[labels >= 0])
-    remap = np.full(int(labels.max()) + 2 if labels.size else 1, -1, dtype=np.int64)
-    remap[kept] = np.arange(kept.size)
-    return np.where(labels >= 0, remap[np.maximum(labels, 0)], -1)

@@ -56,8 +56,8 @@ DEFAULT_PROPOSAL_MARGIN = 24
 """Extra low-precision candidates per row before exact rescoring (performance.md: k1 + 20)."""
 GPU_CHUNK_ELEMENTS = 1 << 27
 """Largest (rows x N) similarity chunk on GPU: 512 MB of float32."""
-RESCORE_CHUNK_ROWS = 128
-"""Rows per chunk when pool entries are rescored exactly (a (128, P, D) gather at a time)."""
+RESCORE_CHUNK_ROWS = 16
+"""Rows per chunk when pool entries are rescored (a (16, P, D) gather: a few MB, cache-sized)."""
 FLOAT64_SHORTLIST_SLACK = 1e-9
 """Slack of a full float64 row recompute: candidates within it of the cut are re-ranked exactly."""
 
@@ -230,33 +230,14 @@ class _Pool:
         all_dot = np.concatenate([self.dot[urows], new_dot], axis=1)
         self.dot[urows] = np.take_along_axis(all_dot, top, axis=1)
 
-    def seed(self, start: int, key: np.ndarray, dot: np.ndarray, cols: np.ndarray) -> None:
-        """Fill rows ``start ...`` with their best candidates among ``cols`` ((B, C) key / dot)."""
-        kk = min(self.depth, cols.size)
-        part = np.argpartition(-key, kk - 1, axis=1)[:, :kk] if kk < cols.size else None
-        if part is None:
-            part = np.broadcast_to(np.arange(cols.size), key.shape)
-        sub = np.take_along_axis(key, part, axis=1)
-        order = np.argsort(-sub, axis=1)
-        part = np.take_along_axis(part, order, axis=1)
-        rows = slice(start, start + key.shape[0])
-        self.key[rows, :kk] = np.take_along_axis(sub, order, axis=1)
-        self.idx[rows, :kk] = cols[part]
-        self.dot[rows, :kk] = np.take_along_axis(dot, part, axis=1)
-
-
-SEED_COLUMNS_PER_SLOT = 4
-"""A diagonal block seeds its rows from ~4 x depth sampled columns before the threshold pass."""
-
 
 def _blocked_cpu_pool(
     x: torch.Tensor, norms: np.ndarray, depth: int, block: int, proposal: torch.dtype | None
 ) -> _Pool:
     """Best-``depth`` pool per row from a symmetric blocked Gram matrix (CPU).
 
-    Every block pair (I, J), I <= J, is multiplied once. A diagonal block first seeds its rows
-    from a strided column sample (a top-k over all its columns would cost half a product); then
-    every block is scanned against the running thresholds (:func:`_scan_block`).
+    Every block pair (I, J), I <= J, is multiplied once; the diagonal blocks seed the running
+    thresholds, then every block is scanned against them (:func:`_scan_block`).
     """
     n = x.shape[0]
     pool = _Pool(n, depth)
@@ -295,19 +276,22 @@ def _scan_block(
     e, u = s + rows_b, t + cols_b
     mask = masks[0][:rows_b, :cols_b]
     if t == s:
-        stride = max(1, rows_b // (SEED_COLUMNS_PER_SLOT * pool.depth))
-        sample = np.arange(0, rows_b, stride)
-        pool.seed(s, 2.0 * g[:, sample] - norms[s + sample][None, :], g[:, sample], s + sample)
-        lim = (pool.theta[s:e] + norms[s:e].min()) * 0.5
-        np.greater(g, lim[:, None], out=mask)
-        mask[:, sample] = False  # already in the pool
-    else:
-        lim_rows = (pool.theta[s:e] + norms[t:u].min()) * 0.5
-        lim_cols = (pool.theta[t:u] + norms[s:e].min()) * 0.5
-        np.greater(g, lim_rows[:, None], out=mask)
-        tmp = masks[1][:rows_b, :cols_b]
-        np.greater(g, lim_cols[None, :], out=tmp)
-        mask |= tmp
+        # Seed the rows' thresholds with their exact depth-th best key inside the diagonal
+        # block: a value-only partition costs a fraction of a top-k or of merging a weak seed.
+        key = 2.0 * g - norms[s:e][None, :]
+        kk = min(pool.depth, cols_b)
+        theta = np.partition(key, cols_b - kk, axis=1)[:, cols_b - kk]
+        np.greater_equal(key, theta[:, None], out=mask)
+        flat = np.flatnonzero(mask)
+        r, c = np.divmod(flat, cols_b)
+        pool.merge(r + s, c + t, key.reshape(-1)[flat], g.reshape(-1)[flat])
+        return
+    lim_rows = (pool.theta[s:e] + norms[t:u].min()) * 0.5
+    lim_cols = (pool.theta[t:u] + norms[s:e].min()) * 0.5
+    np.greater(g, lim_rows[:, None], out=mask)
+    tmp = masks[1][:rows_b, :cols_b]
+    np.greater(g, lim_cols[None, :], out=tmp)
+    mask |= tmp
     flat = np.flatnonzero(mask)
     if flat.size == 0:
         return
@@ -315,9 +299,6 @@ def _scan_block(
     gv = g.reshape(-1)[flat]
     key_row = 2.0 * gv - norms[t + c]
     sel_row = key_row > pool.theta[s + r]
-    if t == s:
-        pool.merge(r[sel_row] + s, c[sel_row] + t, key_row[sel_row], gv[sel_row])
-        return
     key_col = 2.0 * gv - norms[s + r]
     sel_col = key_col > pool.theta[t + c]
     # Rows of I and rows of J are disjoint: two independent merges.
@@ -450,11 +431,15 @@ def _settle_near_ties(
         (rows re-ranked, rows recomputed against all points).
     """
     n, depth = pool.idx.shape
+    # float32 key errors scale with |x_i| |x_j|: the tolerance is absolute for unit vectors and
+    # grows with the norms otherwise (large-norm features would defeat a fixed threshold).
+    lengths = np.sqrt(np.maximum(norms, 0.0)).astype(np.float64)
+    tol = tolerance * np.maximum(1.0, lengths * lengths.max())
     flagged = np.zeros(n, dtype=bool)
     for b in boundaries:
         if b < depth:
-            gap = pool.key[:, b - 1] - pool.key[:, b]
-            flagged |= (gap < tolerance) & (pool.idx[:, b] >= 0)
+            gap = pool.key[:, b - 1].astype(np.float64) - pool.key[:, b]
+            flagged |= (gap < tol) & (pool.idx[:, b] >= 0)
     rows_all = np.flatnonzero(flagged)
     kmax = max(boundaries)
     redo: list[np.ndarray] = []
@@ -463,7 +448,7 @@ def _settle_near_ties(
         new_idx, d_sorted = _float64_rerank(x, rows, pool.idx[rows])
         # An outsider has float32 key <= the pool's last key, hence a true squared distance of
         # at least |x_i|^2 - last_key - tolerance: it cannot displace a closer kept neighbour.
-        outsider = norms[rows].astype(np.float64) - pool.key[rows, -1] - tolerance
+        outsider = norms[rows].astype(np.float64) - pool.key[rows, -1] - tol[rows]
         if depth < n:
             redo.append(rows[(pool.idx[rows, -1] >= 0) & ~(d_sorted[:, kmax - 1] < outsider)])
         pool.idx[rows] = new_idx

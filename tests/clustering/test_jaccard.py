@@ -1,0 +1,170 @@
+import logging
+import tracemalloc
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from gur_lightning.clustering import jaccard_distance
+from gur_lightning.clustering.jaccard import (
+    JaccardTimings,
+    half_k,
+    min_sum_to_distance,
+    similarity_threshold,
+)
+from tests.clustering.reference import reference_jaccard
+
+
+def _clustered(n: int, d: int, per: int = 15, spread: float = 0.7, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // per), d))
+    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def _random(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+CASES = {
+    "random": lambda: _random(200, 64),
+    "clustered": lambda: _clustered(200, 64),
+    "clustered_duplicates": lambda: _with_duplicates(_clustered(220, 32, per=25, seed=3)),
+    "non_unit_cae_like": lambda: _cae_like(180),
+}
+
+
+def _with_duplicates(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[[5, 60, 61, 150]] = x[4]
+    x[[100, 101]] = x[99]
+    return x
+
+
+def _cae_like(n: int) -> np.ndarray:
+    # Concatenated probability vectors (CAE, method.md §8): not unit norm (§17.11).
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((n, 40)) * 3 + np.repeat(
+        rng.standard_normal((n // 20, 40)), 20, 0
+    )
+    a = np.exp(logits[:, :25]) / np.exp(logits[:, :25]).sum(1, keepdims=True)
+    b = np.exp(logits[:, 25:]) / np.exp(logits[:, 25:]).sum(1, keepdims=True)
+    return np.concatenate([a, b], 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dense_equals_reference_port(case):
+    x = CASES[case]()
+    ref = reference_jaccard(x, 30, 6)
+    ours = jaccard_distance(x, 30, 6)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+    # Not a vacuous match: the clustered cases have many close pairs.
+    assert (ref < 0.9).sum() > x.shape[0]
+
+
+@pytest.mark.parametrize(("k1", "k2"), [(5, 1), (7, 3), (12, 12), (20, 6)])
+def test_dense_equals_reference_other_k(k1, k2):
+    x = _clustered(150, 16, seed=k1)
+    np.testing.assert_allclose(
+        jaccard_distance(x, k1, k2), reference_jaccard(x, k1, k2), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("max_distance", [0.0, 0.3, 0.6, 0.95])
+def test_sparse_holds_exactly_the_pairs_within_max_distance(max_distance):
+    x = _with_duplicates(_clustered(220, 32, per=25, seed=3))
+    dense = jaccard_distance(x)
+    graph = jaccard_distance(x, max_distance=max_distance)
+    assert sp.issparse(graph) and graph.format == "csr"
+    assert graph.has_sorted_indices
+    stored = np.zeros(dense.shape, dtype=bool)
+    coo = graph.tocoo()
+    stored[coo.row, coo.col] = True
+    assert coo.row.size == graph.nnz  # no duplicate entries
+    np.testing.assert_array_equal(stored, dense <= np.float32(max_distance))
+    np.testing.assert_array_equal(coo.data, dense[coo.row, coo.col])
+    # Zeros (duplicates, most of the diagonal) are stored explicitly, as DBSCAN needs.
+    assert (coo.data == 0).sum() == (dense == 0).sum() > 6
+    if max_distance > 0:  # d(i, i) is 0 up to float32 rounding (~1e-7)
+        assert stored[np.arange(x.shape[0]), np.arange(x.shape[0])].all()
+    assert (graph != graph.T).nnz == 0
+
+
+def test_threshold_helpers():
+    for eps in (0.0, 0.3, 0.55, 0.6, 0.9):
+        s = similarity_threshold(eps)
+        assert abs((1 - s / (2 - s)) - eps) < 1e-12
+    np.testing.assert_allclose(min_sum_to_distance(np.array([0.0, 1.0, 1.2])), [1.0, 0.0, 0.0])
+    assert half_k(30) == 15 and half_k(5) == 2 and half_k(7) == 4 and half_k(1) == 0
+
+
+def test_two_thirds_rule_is_the_integer_rule():
+    # The reference tests len(intersection) > 2/3 * len(H) in float64; the implementation uses
+    # 3 * count > 2 * |H|. They agree for every set size up to 2000.
+    for h in range(2001):
+        for m in {max(0, 2 * h // 3 - 1), 2 * h // 3, 2 * h // 3 + 1}:
+            assert (m > 2 / 3 * h) == (3 * m > 2 * h)
+
+
+def test_sparse_path_never_forms_an_n_by_n_array():
+    n = 4000
+    x = _clustered(n, 8, per=20, spread=0.3, seed=7)
+    tracemalloc.start()
+    graph = jaccard_distance(x, max_distance=0.6, block_size=256)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert graph.nnz > n
+    # An (N, N) float32 array alone would be 64 MB.
+    assert peak < n * n * 4 / 4, peak
+
+
+def test_all_identical_features():
+    x = np.tile(_random(1, 8), (40, 1))
+    np.testing.assert_allclose(jaccard_distance(x, 10, 3), reference_jaccard(x, 10, 3), atol=1e-5)
+
+
+def test_fewer_points_than_k1_reduces_k1(caplog):
+    x = _clustered(12, 8)
+    with caplog.at_level(logging.WARNING, logger="gur_lightning.clustering.jaccard"):
+        d = jaccard_distance(x, k1=30, k2=6)
+    assert "k1=30" in caplog.text
+    np.testing.assert_allclose(d, reference_jaccard(x, 12, 6), atol=1e-5)
+    one = jaccard_distance(x[:1])
+    np.testing.assert_array_equal(one, [[0.0]])
+
+
+def test_timings_are_filled():
+    t = JaccardTimings()
+    jaccard_distance(_clustered(100, 8), max_distance=0.5, timings=t)
+    assert t.knn > 0 and t.contributions > 0 and t.nnz_query_expanded >= 100
+
+
+@pytest.mark.parametrize(
+    ("features", "kwargs", "match"),
+    [
+        (np.full((10, 4), np.nan, dtype=np.float32), {}, "NaN or infinite"),
+        (np.array([[1.0, np.inf], [0.0, 1.0]]), {}, "NaN or infinite"),
+        (np.zeros(5, dtype=np.float32), {}, "2-D"),
+        (np.zeros((0, 4), dtype=np.float32), {}, "empty"),
+        (np.eye(4, dtype=np.float32), {"max_distance": 1.0}, r"\[0, 1\)"),
+        (np.eye(4, dtype=np.float32), {"k1": 0}, "k1"),
+        (np.eye(4, dtype=np.float32), {"knn_backend": "annoy"}, "knn_backend"),
+        (np.eye(4, dtype=np.float32), {"device": "meta"}, "device"),
+        (torch.zeros((4, 4), device="meta"), {}, "device 'meta'"),
+        (np.array([[1, 2], [3, 4]], dtype=complex), {}, "real numbers"),
+    ],
+)
+def test_bad_input_is_rejected_clearly(features, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        jaccard_distance(features, **kwargs)
+
+
+def test_integer_and_float64_input_are_cast():
+    x = _clustered(60, 8)
+    np.testing.assert_array_equal(
+        jaccard_distance(x.astype(np.float64), 10, 3), jaccard_distance(x, 10, 3)
+    )

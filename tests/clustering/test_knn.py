@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from gur_lightning.clustering.knn import exact_knn, faiss_available
+from tests.clustering.reference import reference_knn
+
+
+def _sets_equal(a: np.ndarray, b: np.ndarray, boundaries) -> bool:
+    return all(
+        set(a[i, :k].tolist()) == set(b[i, :k].tolist())
+        for i in range(a.shape[0])
+        for k in boundaries
+    )
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 15), d))
+    x = centres[rng.integers(0, len(centres), n)] + 0.7 * rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("block_size", [64, 97, 4096])
+def test_matches_float64_brute_force_with_duplicates(block_size):
+    x = _clustered(400, 24)
+    x[[7, 150, 399]] = x[3]  # exact duplicates: ties resolved by index
+    ref = reference_knn(x, 30)
+    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=block_size)
+    assert res.indices.shape == (400, 30)
+    assert _sets_equal(res.indices, ref, (6, 16, 30))
+    # dots are the float32 inner products of the listed pairs
+    expect = np.einsum("nd,nkd->nk", x.astype(np.float64), x[res.indices].astype(np.float64))
+    np.testing.assert_allclose(res.dots, expect, atol=1e-5)
+
+
+def test_exact_duplicates_order_by_index():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    dups = [10, 20, 30, 40, 45]
+    x[dups] = x[10]
+    res = exact_knn(x, 3, block_size=16)
+    # Five points at distance 0 from each other: every one lists the three lowest indices.
+    for i in dups:
+        assert set(res.indices[i].tolist()) == {10, 20, 30}
+    assert res.rows_rescored >= len(dups)
+
+
+def test_ranks_by_euclidean_distance_not_inner_product():
+    x = np.array([[1.0, 0.0], [10.0, 0.0], [0.9, 0.3], [-1.0, 0.0]], dtype=np.float32)
+    # Squared distances (by hand): row 0 -> [0, 81, 0.1, 4]; row 1 -> [81, 0, 82.9, 121];
+    # row 3 -> [4, 121, 3.7, 0]. Row 0's largest inner product is with x1 (10), yet L2 picks x2.
+    res = exact_knn(x, 2)
+    assert set(res.indices[0].tolist()) == {0, 2}
+    assert set(res.indices[1].tolist()) == {1, 0}
+    assert set(res.indices[3].tolist()) == {3, 2}
+
+
+def test_near_tie_at_boundary_resolved_in_float64():
+    # Points c, c + e_0 and c + (1 + 2^-10) e_j with a large integer offset c: exactly
+    # representable in float32, true squared distances 1 and 1.00195 from the first point, but
+    # float32 Gram arithmetic (|c|^2 ~ 1.6e5) cannot separate them: raw float32 picks the wrong
+    # neighbour in about 1 case in 6 on this construction. The guard must get all right.
+    rng = np.random.default_rng(0)
+    d = 16
+    for trial in range(60):
+        x = np.tile(np.round(rng.uniform(50, 150, size=d)), (3, 1))
+        x[1, 0] += 1.0
+        x[2, 1 + trial % (d - 1)] += 1.0 + 2.0**-10
+        x32 = x.astype(np.float32)
+        assert np.array_equal(x32.astype(np.float64), x)
+        res = exact_knn(x32, 2)
+        assert set(res.indices[0].tolist()) == {0, 1}, trial
+
+
+def test_bf16_proposals_are_certified_exact():
+    x = _clustered(300, 32, seed=2)
+    ref = reference_knn(x, 30)
+    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=128, proposal_dtype=torch.bfloat16)
+    assert _sets_equal(res.indices, ref, (6, 16, 30))
+
+
+def test_k_equal_to_n_and_errors():
+    x = _clustered(20, 4)
+    res = exact_knn(x, 20)
+    assert all(sorted(r.tolist()) == list(range(20)) for r in res.indices)
+    with pytest.raises(ValueError, match="only N=20"):
+        exact_knn(x, 21)
+    with pytest.raises(ValueError, match="knn_backend"):
+        exact_knn(x, 3, backend="annoy")
+    with pytest.raises(ValueError, match="NaN"):
+        exact_knn(np.full((5, 3), np.nan, dtype=np.float32), 2)
+    with pytest.raises(ValueError, match="device"):
+        exact_knn(torch.zeros((5, 3), device="meta"), 2)
+
+
+def test_torch_input_and_numpy_input_agree():
+    x = _clustered(120, 16, seed=3)
+    a = exact_knn(x, 10)
+    b = exact_knn(torch.from_numpy(x), 10)
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+def test_faiss_backend_matches():
+    x = _clustered(300, 24, seed=4)
+    ref = reference_knn(x, 30)
+    res = exact_knn(x, 30, boundaries=(6, 16, 30), backend="faiss")
+    assert res.backend.startswith("faiss")
+    assert _sets_equal(res.indices, ref, (6, 16, 30))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = _clustered(500, 32, seed=5)
+    cpu = exact_knn(x, 30, boundaries=(6, 16, 30))
+    gpu = exact_knn(torch.from_numpy(x).cuda(), 30, boundaries=(6, 16, 30))
+    assert gpu.backend == "torch-cuda"
+    assert _sets_equal(cpu.indices, gpu.indices, (6, 16, 30))
