@@ -76,7 +76,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate one feature extractor with the data set's protocols; returns the flat metrics."""
     validate_config(cfg)
     if cfg.features not in FEATURES:
-        raise ConfigError(f"config value features={cfg.features!r} is invalid: expected one of {FEATURES}")
+        raise ConfigError(
+            f"config value features={cfg.features!r} is invalid: expected one of {FEATURES}"
+        )
     if cfg.features == "model" and not cfg.ckpt:
         raise ConfigError("features=model needs ckpt=PATH (a checkpoint written by training)")
     L.seed_everything(cfg.seed, workers=True)

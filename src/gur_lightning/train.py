@@ -196,9 +196,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     recluster = build_reclustering(cfg, phases)
     callbacks = [
         recluster,
-        PhaseProgressBar(phases),
         ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), save_last=True, save_top_k=0),
     ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(PhaseProgressBar(phases))
     logger = instantiate(cfg.logger) if cfg.logger is not None else False
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),

@@ -161,6 +161,8 @@ class Reclustering(Callback):
         current = {
             k: v.detach().float().cpu().clone() for k, v in pl_module.memory_tensors().items()
         }
+        if "visible" not in current or "infrared" not in current:
+            return  # oracle labels train one shared memory: no per-domain prototypes to keep
         if phase.stage == "intra_camera":
             self._camera_memories[("visible", phase.visible_camera)] = current["visible"]
             self._camera_memories[("infrared", phase.infrared_camera)] = current["infrared"]

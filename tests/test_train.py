@@ -1,0 +1,95 @@
+"""End to end: the smoke experiment through every stage with the real readers and clustering."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from gur_lightning.config import register_configs
+from gur_lightning.train import CONF_DIR, train
+
+ROOT = Path(CONF_DIR).parent
+
+
+def _smoke_cfg(tmp_path: Path, *overrides: str):
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "+experiment=smoke",
+                f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.output_dir={tmp_path / 'run'}",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    metrics = train(_smoke_cfg(tmp))
+    return tmp, metrics
+
+
+def test_smoke_run_goes_through_every_stage(smoke_run):
+    tmp, metrics = smoke_run
+    history = json.loads((tmp / "run" / "clustering_history.json").read_text())
+    # Phase p is clustered at fit start (p = 0) or at the end of Lightning epoch p - 1: always
+    # before the phase that uses it, never one phase late.
+    assert [h["phase"] for h in history] == list(range(len(history)))
+    assert [h["trainer_epoch"] for h in history] == list(range(-1, len(history) - 1))
+    stages = [h["stage"] for h in history]
+    assert set(stages) == {"intra_camera", "inter_camera", "inter_modality"}
+    # Epoch 0: 4 intra-camera phases (cycle pairing over 4 visible cameras), stage 2, stage 3;
+    # epoch 1 (>= inter_modality.end_epoch): intra, then stage 2 with CMLU.
+    assert stages == ["intra_camera"] * 4 + ["inter_camera", "inter_modality"] + [
+        "intra_camera"
+    ] * 4 + ["inter_camera"]
+    for h in history:
+        if h["skipped"]:
+            continue
+        if h["stage"] == "inter_modality":
+            assert h["memory_size/shared"] == h["num_clusters"]
+        else:
+            assert h["memory_size/visible"] == h["visible/num_clusters"]
+            assert h["memory_size/infrared"] == h["infrared/num_clusters"]
+    last_stage2 = [h for h in history if h["stage"] == "inter_camera"][-1]
+    assert "visible_cmlu/num_clusters" in last_stage2 or last_stage2["skipped"]
+
+
+def test_smoke_run_writes_metrics(smoke_run):
+    tmp, metrics = smoke_run
+    saved = json.loads((tmp / "run" / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    for key in ("test/sysu_all/mAP", "test/sysu_all/rank1", "test/sysu_indoor/mINP"):
+        assert 0.0 <= saved[key] <= 1.0
+    assert saved["test/sysu_all/trials"] == 2
+    assert "cluster/inter_modality/num_clusters" in saved
+    assert (tmp / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_sweep_of_two_jobs_through_subprocess(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "gur_lightning.train",
+        "-m",
+        "+experiment=smoke",
+        "cluster.eps=0.5,0.6",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "eval.max_trials=1",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert "test/sysu_all/mAP" in metrics
+        assert (tmp_path / "sweep" / job / ".hydra" / "config.yaml").is_file()
