@@ -40,7 +40,7 @@ def test_sysu_schedule_matches_reference_table():
     stage2 = {p.gur_epoch: p for p in phases if p.stage == "inter_camera"}
     assert stage2[0].camera_cae and not stage2[0].cmlu
     assert stage2[29].cmlu is False and stage2[30].cmlu and not stage2[30].smooth
-    assert stage2[39].smooth is False and stage2[40].smooth and stage2[40].shared_memory
+    assert stage2[39].smooth is False and stage2[40].smooth and stage2[40].cmlu
     assert max(p.gur_epoch for p in phases if p.stage == "inter_modality") == 39
 
 
@@ -84,3 +84,16 @@ def test_adca_method_has_no_bottom_up_stage():
     phases = build_phases(OmegaConf.to_object(cfg.schedule), SYSU_VIS, SYSU_IR)
     assert len(phases) == 50
     assert all(p.stage == "inter_camera" and not p.camera_cae and not p.cmlu for p in phases)
+
+
+@pytest.mark.parametrize("method", ["adca", "supervised"])
+@pytest.mark.parametrize("experiment", ["synvi", "synvi_regdb", "regdb"])
+def test_method_switches_survive_experiment_overrides(method, experiment):
+    # `+experiment=` is merged after `method=`: an experiment's CMLU epochs must not re-enable
+    # CMLU or stages that the method switched off.
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment={experiment}", f"method={method}"])
+    phases = build_phases(OmegaConf.to_object(cfg.schedule), SYSU_VIS, SYSU_IR)
+    assert phases and all(p.stage == "inter_camera" and not p.cmlu for p in phases)
+    assert cfg.cluster.oracle is (method == "supervised")

@@ -33,7 +33,7 @@ def _smoke_cfg(tmp_path: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
-    metrics = train(_smoke_cfg(tmp))
+    metrics = train(_smoke_cfg(tmp, "eval.val_every_n_epochs=1"))
     return tmp, metrics
 
 
@@ -72,6 +72,15 @@ def test_smoke_run_writes_metrics(smoke_run):
     assert saved["test/sysu_all/trials"] == 2
     assert "cluster/inter_modality/num_clusters" in saved
     assert (tmp / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_validation_never_uses_the_test_set(smoke_run):
+    tmp, metrics = smoke_run
+    # Validation scores the val identities (disjoint from the test ids) after each GUR epoch and
+    # keeps the best weights; the reported test numbers are the last epoch's.
+    assert 0.0 <= metrics["val/holdout/mAP"] <= 1.0
+    assert metrics["val/holdout/mAP_best"] >= metrics["val/holdout/mAP"]
+    assert (tmp / "run" / "checkpoints" / "best_val.ckpt").is_file()
 
 
 @pytest.mark.slow

@@ -76,18 +76,16 @@ class CMLUConfig:
     """Cross-modality label unification inside stage 2 (method.md §9).
 
     Attributes:
+        enabled: Use CMLU at all (``method=adca`` and ``method=supervised`` switch it off).
         start_epoch: Label propagation infrared -> visible from this GUR epoch (30 SYSU, 20 RegDB).
-            Use a value >= the number of epochs to switch CMLU off.
         smooth_start_epoch: Homogeneous smoothing from this epoch (40 SYSU, 20 RegDB).
         topk: Neighbours of the heterogeneous and homogeneous affinities (20 SYSU, 10 RegDB).
-        shared_memory: After CMLU the visible stream trains against the infrared memory
-            (method.md §9.3, §17.3).
     """
 
+    enabled: bool = True
     start_epoch: int = 30
     smooth_start_epoch: int = 40
     topk: int = 20
-    shared_memory: bool = True
 
 
 @dataclass
@@ -127,9 +125,9 @@ class Phase:
         visible_camera: Stage 1 only: the data set's number of the visible camera clustered.
         infrared_camera: Stage 1 only: the infrared camera clustered.
         camera_cae: Stage 2: cluster camera-level CAE vectors instead of raw features.
-        cmlu: Stage 2: propagate infrared labels to visible samples.
+        cmlu: Stage 2: propagate infrared labels to visible samples, which then train against
+            the infrared memory (method.md §9.3, §17.3).
         smooth: Stage 2: smooth the propagated labels over the visible kNN graph.
-        shared_memory: Stage 2 with CMLU: visible samples train against the infrared memory.
         last_of_epoch: The final phase of its GUR epoch (evaluation and LR hooks key on it).
     """
 
@@ -142,7 +140,6 @@ class Phase:
     camera_cae: bool = False
     cmlu: bool = False
     smooth: bool = False
-    shared_memory: bool = False
     last_of_epoch: bool = False
 
     @property
@@ -247,7 +244,7 @@ def build_phases(
                 )
             )
         if cfg.inter_camera.enabled:
-            cmlu = epoch >= cfg.cmlu.start_epoch
+            cmlu = cfg.cmlu.enabled and epoch >= cfg.cmlu.start_epoch
             epoch_phases.append(
                 dict(
                     stage="inter_camera",
@@ -256,7 +253,6 @@ def build_phases(
                     camera_cae=cfg.inter_camera.camera_cae and bool(pairs),
                     cmlu=cmlu,
                     smooth=cmlu and epoch >= cfg.cmlu.smooth_start_epoch,
-                    shared_memory=cmlu and cfg.cmlu.shared_memory,
                 )
             )
         if cfg.inter_modality.enabled and epoch < cfg.inter_modality.end_epoch:

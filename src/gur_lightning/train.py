@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from gur_lightning.callbacks.recluster import Reclustering
+from gur_lightning.callbacks.validation import PeriodicValidation
 from gur_lightning.config import register_configs, validate_config
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import (
@@ -200,6 +201,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(PhaseProgressBar(phases))
+    validation = None
+    if cfg.eval.val_every_n_epochs > 0:
+        validation = PeriodicValidation(
+            phases,
+            cfg.eval.val_every_n_epochs,
+            model_featurizer,
+            checkpoint_dir=str(output_dir / "checkpoints"),
+        )
+        callbacks.append(validation)
     logger = instantiate(cfg.logger) if cfg.logger is not None else False
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -215,6 +225,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         splits = protocol_splits(dm.dataset, max_trials=cfg.eval.max_trials)
         metrics.update(evaluate_splits(splits, model_featurizer(module, dm), prefix="test"))
     metrics.update(last_cluster_stats(recluster.history))
+    if validation is not None and validation.history:
+        metrics.update({k: v for k, v in validation.history[-1].items() if k != "gur_epoch"})
+        metrics["val/holdout/mAP_best"] = validation.best_map
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         (output_dir / "clustering_history.json").write_text(

@@ -29,8 +29,10 @@ class Sample:
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise ValueError(
-                f"Sample {self.path!r}: modality must be one of {MODALITIES}, got {self.modality!r}"
+                f"Sample {self.path!r}: modality must be one of {MODALITIES}, "
+                f"got {self.modality!r}"
             )
+
 
 #: Integer code of each modality in tensors and batches (visible 0, infrared 1).
 MODALITY_INDEX: dict[str, int] = {"visible": 0, "infrared": 1}
