@@ -36,7 +36,12 @@ from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["GURLitModule"]
+__all__ = ["GURLitModule", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the phase and checkpoint."""
+
 
 #: Adam learning rate, weight decay and StepLR (step 20 GUR epochs, ×0.1), method.md §12.
 LR: float = 3.5e-4
@@ -339,6 +344,7 @@ class GURLitModule(L.LightningModule):
             weight_visible=self.hparams.loss_weight_visible,
             weight_infrared=self.hparams.loss_weight_infrared,
         )
+        self._require_finite(loss, parts, batch_idx)
         # Visible before infrared: the explicit update order of a shared memory (§17.13).
         for modality in images:
             feat = feats[modality]
@@ -352,6 +358,33 @@ class GURLitModule(L.LightningModule):
             self.log(f"train/loss_{modality}", value.detach(), batch_size=n_images)
         self.log("train/lr", self._current_lr(), batch_size=n_images)
         return loss
+
+    def _require_finite(self, loss: Tensor, parts: Mapping[str, Tensor], batch_idx: int) -> None:
+        """Stop training on a NaN/inf loss before backward corrupts the weights.
+
+        Every rank takes the same decision (one boolean all-reduce), so no rank is left waiting
+        in a collective. Lightning writes no checkpoint on an exception, so ``last.ckpt`` stays
+        the one saved at the end of the previous phase.
+
+        Raises:
+            NonFiniteLossError: Naming the phase, batch, step, the loss terms and the last
+                checkpoint.
+        """
+        finite = bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        if trainer is not None:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        last = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "")
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+        raise NonFiniteLossError(
+            f"non-finite training loss {float(loss):.4g} ({terms or 'on another rank'}) in "
+            f"phase {self.current_epoch} (GUR epoch {self.gur_epoch}), batch {batch_idx}, "
+            f"global step {self.global_step}; training stopped. Last good checkpoint: "
+            f"{last or 'none written yet'} (end of the previous phase; resume with "
+            "ckpt_path=...). Try a lower model.lr or check the input images."
+        )
 
     def _current_lr(self) -> float:
         """The optimizer's lr when attached to a trainer, else the schedule's value."""
