@@ -24,13 +24,12 @@ The dense and the sparse outputs come from the same accumulation, so they agree 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from gur_lightning.clustering._validation import as_feature_tensor, check_positive_int
 from gur_lightning.clustering.knn import (
@@ -41,6 +40,7 @@ from gur_lightning.clustering.knn import (
     KnnBackend,
     KnnResult,
     exact_knn,
+    pair_dots,
 )
 from gur_lightning.utils.logging import get_logger
 
@@ -50,7 +50,7 @@ DEFAULT_K1 = 30
 """k-reciprocal neighbourhood size (method.md §7.2, argparse ``--k1 30``)."""
 DEFAULT_K2 = 6
 """Query-expansion neighbourhood size (method.md §7.2, argparse ``--k2 6``)."""
-JACCARD_CHUNK_ROWS = 32
+JACCARD_CHUNK_ROWS = 64
 """Rows per accumulation chunk: small enough that the (rows x partners) buffer stays in cache."""
 DENSE_LIMIT = 50_000
 """Largest N for which a dense (N, N) output is produced (10 GB of float32 at that size)."""
@@ -145,33 +145,7 @@ def _pair_dots(
     out = np.where(found, known_dot[pos], 0.0).astype(np.float32)
     miss = np.flatnonzero(~found)
     if miss.size:
-        out[miss] = _sampled_dots(x, rows[miss], cols[miss])
-    return out
-
-
-def _sampled_dots(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``x[rows[p]] . x[cols[p]]`` for row-sorted pairs, via ``torch.sparse.sampled_addmm``.
-
-    The sampled product reads each pair's two rows in place; gathering them into temporaries
-    first (``einsum`` on ``x[rows]``, ``x[cols]``) is about 10 times slower at d = 2048.
-    """
-    n = x.shape[0]
-    order = np.lexsort((cols, rows))
-    crow = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=crow[1:])
-    xt = torch.from_numpy(x)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse.*", category=UserWarning)
-        pattern = torch.sparse_csr_tensor(
-            torch.from_numpy(crow),
-            torch.from_numpy(np.ascontiguousarray(cols[order], dtype=np.int64)),
-            torch.zeros(rows.size, dtype=torch.float32),
-            size=(n, n),
-            check_invariants=False,
-        )
-        values = torch.sparse.sampled_addmm(pattern, xt, xt.t(), beta=0.0).values().numpy()
-    out = np.empty(rows.size, dtype=np.float32)
-    out[order] = values
+        out[miss] = pair_dots(x, rows[miss], cols[miss])
     return out
 
 
@@ -223,40 +197,65 @@ def min_sum_to_distance(s: np.ndarray) -> np.ndarray:
     return np.maximum(d, np.float32(0.0))
 
 
+def locality_order(vqe: sp.csr_matrix) -> np.ndarray:
+    """Row order that keeps rows sharing columns close (reverse Cuthill-McKee on ``V_qe``).
+
+    Step 6 accumulates each chunk of rows against its partners; when the chunk's rows are
+    neighbours their partner sets overlap and the accumulation buffer stays small and cached
+    (about 1.6x faster on shuffled input; real data sorted by file name is already local).
+    """
+    pattern = sp.csr_matrix(
+        (np.ones(vqe.nnz, dtype=np.int8), vqe.indices, vqe.indptr), shape=vqe.shape
+    )
+    return np.asarray(reverse_cuthill_mckee(pattern, symmetric_mode=False), dtype=np.int64)
+
+
 def shared_support_pairs(
-    vqe: sp.csr_matrix, max_distance: float | None, chunk_rows: int = JACCARD_CHUNK_ROWS
+    vqe: sp.csr_matrix,
+    max_distance: float | None,
+    chunk_rows: int = JACCARD_CHUNK_ROWS,
+    reorder: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Step 6: Jaccard distances of all pairs ``i < j`` with a shared column of ``V_qe``.
+    """Step 6: Jaccard distances of all pairs ``i != j`` with a shared column of ``V_qe``.
 
     For each chunk of rows, every entry ``(i, c)`` is paired with the later rows ``j > i`` of
     column ``c`` (a slice of the column's posting list, which is sorted by row), and
     ``min(V[i, c], V[j, c])`` is accumulated into a (chunk x partners) buffer with
-    ``np.bincount`` after renumbering the chunk's partners compactly.
+    ``np.bincount`` after renumbering the chunk's partners compactly. Each unordered pair is
+    summed once, so ``d(i, j) = d(j, i)`` exactly.
 
     Args:
         vqe: (N, N) float32 CSR with sorted indices.
         max_distance: Keep pairs with ``d <= max_distance``; ``None`` keeps every pair with a
             shared column.
         chunk_rows: Rows per chunk.
+        reorder: Process rows in :func:`locality_order` (same result, faster).
 
     Returns:
-        ``(rows, cols, dist, diag, contributions)``: pair arrays with ``rows < cols``, their
-        float32 distances, the float32 self-distances ``d(i, i)`` (N,), and the number of
-        contributions summed.
+        ``(rows, cols, dist, diag, contributions)``: one entry per unordered pair (original
+        indices, ``rows != cols``), their float32 distances, the float32 self-distances
+        ``d(i, i)`` (N,), and the number of contributions summed.
     """
     n = vqe.shape[0]
-    indptr, indices, data = vqe.indptr, vqe.indices, vqe.data
+    perm = locality_order(vqe) if reorder and n > chunk_rows else np.arange(n, dtype=np.int64)
+    # Only rows are permuted: the columns (shared support) keep their identity.
+    vp = vqe[perm] if reorder and n > chunk_rows else vqe
+    indptr, indices, data = vp.indptr.astype(np.int64), vp.indices, vp.data
+    row_of_entry = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
     # Position of every CSR entry inside the CSC posting lists (rows ascending per column).
     csc_order = np.argsort(indices, kind="stable")
     pos_in_csc = np.empty(indices.size, dtype=np.int64)
     pos_in_csc[csc_order] = np.arange(indices.size)
     colptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(indices, minlength=n), out=colptr[1:])
-    csc_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))[csc_order]
+    csc_rows = row_of_entry[csc_order]
     csc_vals = data[csc_order]
-    # S(i, i) = Σ_c V[i, c]: the reference's min(V[i, c], V[i, c]) accumulation.
-    diag = min_sum_to_distance(np.add.reduceat(data, indptr[:-1]) if data.size else np.zeros(n))
-    diag[np.diff(indptr) == 0] = 1.0
+    # S(i, i) = Σ_c V[i, c]: the reference's min(V[i, c], V[i, c]) accumulation; an empty row
+    # shares nothing, not even with itself (d = 1).
+    diag_p = min_sum_to_distance(np.bincount(row_of_entry, weights=data, minlength=n))
+    diag_p[np.diff(indptr) == 0] = 1.0
+    diag = np.empty(n, dtype=np.float32)
+    diag[perm] = diag_p
     s_min = -np.inf if max_distance is None else similarity_threshold(max_distance) - 1e-4
     flags = np.zeros(n, dtype=bool)
     local = np.zeros(n, dtype=np.int64)
@@ -267,8 +266,6 @@ def shared_support_pairs(
     for r0 in range(0, n, chunk_rows):
         r1 = min(r0 + chunk_rows, n)
         e0, e1 = indptr[r0], indptr[r1]
-        if e1 == e0:
-            continue
         starts = pos_in_csc[e0:e1] + 1
         lengths = colptr[indices[e0:e1] + 1] - starts
         total = int(lengths.sum())
@@ -276,19 +273,18 @@ def shared_support_pairs(
             continue
         contributions += total
         offsets = np.cumsum(lengths) - lengths
-        src = np.arange(total) + np.repeat(starts - offsets, lengths)
+        src = np.repeat(starts - offsets, lengths)
+        src += np.arange(total)
         partner = csc_rows[src]
-        entry_rows = np.repeat(np.arange(r0, r1), np.diff(indptr[r0 : r1 + 1]))
-        i_loc = np.repeat(entry_rows - r0, lengths)
         vals = np.minimum(np.repeat(data[e0:e1], lengths), csc_vals[src])
         flags[partner] = True
         uniq = np.flatnonzero(flags)
         flags[uniq] = False
         local[uniq] = np.arange(uniq.size)
         width = uniq.size
-        acc = np.bincount(
-            i_loc * width + local[partner], weights=vals, minlength=(r1 - r0) * width
-        )
+        flat = np.repeat((row_of_entry[e0:e1] - r0) * width, lengths)
+        flat += local[partner]
+        acc = np.bincount(flat, weights=vals, minlength=(r1 - r0) * width)
         keep = np.flatnonzero(acc > s_min) if max_distance is not None else np.flatnonzero(acc)
         if keep.size == 0:
             continue
@@ -297,8 +293,8 @@ def shared_support_pairs(
             ok = dist <= np.float32(max_distance)
             keep, dist = keep[ok], dist[ok]
         il, jl = np.divmod(keep, width)
-        out_rows.append(il + r0)
-        out_cols.append(uniq[jl])
+        out_rows.append(perm[il + r0])
+        out_cols.append(perm[uniq[jl]])
         out_dist.append(dist)
     if out_rows:
         rows_all = np.concatenate(out_rows)
