@@ -74,11 +74,27 @@ def test_near_tie_at_boundary_resolved_in_float64():
         assert set(res.indices[0].tolist()) == {0, 1}, trial
 
 
-def test_bf16_proposals_are_certified_exact():
+@pytest.mark.parametrize("proposal", [torch.bfloat16, torch.float16, torch.int8])
+def test_low_precision_proposals_are_certified_exact(proposal):
     x = _clustered(300, 32, seed=2)
+    x[[10, 20]] = x[5]
     ref = reference_knn(x, 30)
-    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=128, proposal_dtype=torch.bfloat16)
+    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=128, proposal_dtype=proposal)
     assert _sets_equal(res.indices, ref, (6, 16, 30))
+    expect = np.einsum("nd,nkd->nk", x.astype(np.float64), x[res.indices].astype(np.float64))
+    np.testing.assert_allclose(res.dots, expect, atol=1e-5)
+
+
+def test_int8_proposal_bound_holds():
+    from gur_lightning.clustering.knn import _ProposalProduct
+
+    x = torch.from_numpy(_clustered(200, 64, seed=6) * 3.0)
+    norms = (x * x).sum(1).numpy()
+    product = _ProposalProduct(x, torch.int8)
+    approx = product.block(0, 200, 0, 200, torch.empty(200, 200))
+    exact = (x.double() @ x.double().t()).numpy()
+    err = 2 * np.abs(approx - exact).max(axis=1)
+    assert (err <= product.outsider_bound(norms)).all()
 
 
 def test_k_equal_to_n_and_errors():

@@ -30,10 +30,16 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_ARGS: list[list[str]] = [
-    ["--n", "10000"],
-    ["--n", "20000", "--skip-baseline"],
-    ["--n", "34167", "--skip-baseline"],
+    ["--n", "10000", "--threads", "2"],
+    ["--n", "20000", "--skip-baseline", "--threads", "2"],
+    ["--n", "34167", "--skip-baseline", "--threads", "1"],
+    ["--n", "34167", "--skip-baseline", "--threads", "2"],
 ]
+"""Thread counts are explicit (performance.md, technique 9): on a shared 2-core machine two
+OpenMP threads can lose to one, so the SYSU-size run is timed both ways."""
+
+PROPOSALS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+"""``--proposal`` choices: the kNN's candidate-proposal product (certified, labels unchanged)."""
 
 BLOB_SIZE = 20
 """Mean points per synthetic identity (the brief's ~N/20 blobs)."""
@@ -185,6 +191,7 @@ def _run_fast(args: argparse.Namespace) -> dict:
         k2=args.k2,
         timings=timings,
         block_size=args.block_size,
+        proposal_dtype=PROPOSALS[args.proposal],
     )
     seconds = time.perf_counter() - start
     # Noise points are identities of their own, not one big identity "-1".
@@ -222,6 +229,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k2", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block-size", type=int, default=2048, help="CPU kNN block rows")
+    p.add_argument(
+        "--proposal",
+        choices=sorted(PROPOSALS),
+        default="none",
+        help="kNN candidate proposals in a cheaper format, certified exact (default: none)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--skip-baseline", action="store_true", help="only time the fast path")
     p.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -274,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
             "dbscan_seconds": round(fast["dbscan_seconds"], 3),
             "rss_before_mb": round(fast["rss_before_mb"], 1),
             "threads": threads,
+            "proposal": args.proposal,
             "eps": args.eps,
             "num_clusters": int(fast["num_clusters"]),
             "outlier_fraction": round(fast["outlier_fraction"], 4),
