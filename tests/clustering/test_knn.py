@@ -127,6 +127,19 @@ def test_faiss_backend_matches():
     assert _sets_equal(res.indices, ref, (6, 16, 30))
 
 
+def test_row_chunk_engine_matches_blocked_engine():
+    # The GPU engine (row chunks + topk) is device-agnostic: run it on CPU tensors here.
+    from gur_lightning.clustering import knn as knn_module
+
+    x = _clustered(500, 16, seed=8)
+    norms = (x * x).sum(1)
+    chunked = knn_module._chunked_gpu_pool(torch.from_numpy(x), 39, None)
+    blocked = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 128, None)
+    for i in range(500):
+        assert set(chunked.idx[i, :31].tolist()) == set(blocked.idx[i, :31].tolist())
+    np.testing.assert_allclose(chunked.key, blocked.key, atol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():

@@ -52,6 +52,9 @@ DEFAULT_K2 = 6
 """Query-expansion neighbourhood size (method.md §7.2, argparse ``--k2 6``)."""
 JACCARD_CHUNK_ROWS = 64
 """Rows per accumulation chunk: small enough that the (rows x partners) buffer stays in cache."""
+PREFILTER_MARGIN = 1e-4
+"""Slack of the float64 ``S >= 2(1 - eps)/(2 - eps)`` prefilter: the kept pairs are then decided
+by the float32 distance itself, so the margin only has to exceed float32 rounding (~1e-7)."""
 DENSE_LIMIT = 50_000
 """Largest N for which a dense (N, N) output is produced (10 GB of float32 at that size)."""
 
@@ -256,7 +259,9 @@ def shared_support_pairs(
     diag_p[np.diff(indptr) == 0] = 1.0
     diag = np.empty(n, dtype=np.float32)
     diag[perm] = diag_p
-    s_min = -np.inf if max_distance is None else similarity_threshold(max_distance) - 1e-4
+    s_min = (
+        -np.inf if max_distance is None else similarity_threshold(max_distance) - PREFILTER_MARGIN
+    )
     flags = np.zeros(n, dtype=bool)
     local = np.zeros(n, dtype=np.int64)
     out_rows: list[np.ndarray] = []
