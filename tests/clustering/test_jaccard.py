@@ -142,6 +142,8 @@ def test_fewer_points_than_k1_reduces_k1(caplog):
     np.testing.assert_allclose(d, reference_jaccard(x, 12, 6), atol=1e-5)
     one = jaccard_distance(x[:1])
     np.testing.assert_array_equal(one, [[0.0]])
+    # Documented consequence: with k1 = N everybody is everybody's reciprocal neighbour.
+    assert d.max() < 0.5  # below any eps used by the method: one cluster
 
 
 def test_timings_are_filled():

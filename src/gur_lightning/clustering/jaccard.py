@@ -352,7 +352,9 @@ def jaccard_distance(
         features: (N, D) torch tensor (CPU or CUDA) or numpy array, fed as the method feeds them
             (flip-averaged features or CAE vectors; not re-normalised, §17.11).
         k1: k-reciprocal neighbourhood size. If ``N < k1`` it is reduced to ``N`` (a warning is
-            logged): the reference would index faiss's ``-1`` padding instead.
+            logged; the reference would index faiss's ``-1`` padding instead). Every point is
+            then in every other's reciprocal set, so the distances shrink (typically below
+            0.5) and DBSCAN tends to find one cluster: use a ``k1`` well below N on tiny data.
         k2: Query-expansion size (reduced to ``k1`` if larger; ``1`` disables the expansion).
         max_distance: ``None`` for the dense (N, N) float32 matrix; otherwise a number in
             ``[0, 1)`` and a ``scipy.sparse`` CSR matrix holding every pair with
