@@ -483,7 +483,8 @@ def _faiss_pool(x: np.ndarray, depth: int) -> tuple[_Pool, str]:
     index = faiss.IndexFlatL2(d)
     if _faiss_num_gpus() > 0:
         # Only reached when faiss reports GPUs: calling GPU functions otherwise kills the process.
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        resources = faiss.StandardGpuResources()  # must outlive the search below
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
         name = "faiss-gpu"
     index.add(x)
     dist, idx = index.search(x, depth)
