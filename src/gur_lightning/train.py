@@ -4,21 +4,30 @@ The flow (architecture.md §11.3): compose and validate the config, seed, read t
 the stage schedule into phases (one Lightning epoch each), build the module, the callbacks and the
 trainer, fit, evaluate the last-epoch weights with the data set's official protocols, and write
 ``metrics.json`` beside the resolved ``config.yaml`` in the Hydra run folder.
+
+Multi-process training (architecture.md §10-11): ``trainer=ddp`` (GPUs, Lightning re-launches
+this script once per extra device) and ``trainer=ddp_cpu`` (two CPU processes spawned by
+Lightning). ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a run at the phase where it
+stopped (see :mod:`gur_lightning.callbacks.recluster`).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from gur_lightning.callbacks.recluster import Reclustering
@@ -36,6 +45,11 @@ from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+#: Start methods of Lightning's in-process launcher (no re-execution of the script).
+_INPROCESS_START_METHODS: tuple[str, ...] = ("spawn", "fork", "forkserver")
+#: Environment variables that say the processes were created by an external launcher
+#: (torchrun / torch.distributed.run and SLURM's srun), so Lightning launches nothing.
+_EXTERNAL_LAUNCH_ENV: tuple[str, ...] = ("LOCAL_RANK", "SLURM_LOCALID")
 
 
 class PhaseProgressBar(TQDMProgressBar):
@@ -118,6 +132,7 @@ def build_reclustering(cfg: DictConfig, phases: list[Phase]) -> Reclustering:
         cae_legacy_slicing=c.cae_legacy_slicing,
         cmlu_topk=cfg.schedule.cmlu.topk,
         oracle=c.oracle,
+        experiment=str(cfg.experiment),
     )
 
 
@@ -131,30 +146,167 @@ def model_featurizer(module, dm: VIReIDDataModule):
     return featurize
 
 
+def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``lightning.Trainer`` keyword arguments from ``cfg.trainer``.
+
+    Values are plain Lightning arguments, except ``strategy``, which may be a node with a
+    ``_target_`` (``trainer=ddp``: a ``DDPStrategy`` with a ``datetime.timedelta`` timeout); it
+    is instantiated here.
+    """
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    strategy = kwargs.get("strategy")
+    if isinstance(strategy, dict) and "_target_" in strategy:
+        kwargs["strategy"] = instantiate(_modern_ddp_kwargs(strategy))
+    return kwargs
+
+
+def _modern_ddp_kwargs(strategy: dict[str, Any]) -> dict[str, Any]:
+    """Spell ``broadcast_buffers=False`` as ``forward_sync_buffers=False`` where torch has it.
+
+    torch 2.14 deprecates ``broadcast_buffers``; the new flag also syncs buffers once when DDP
+    wraps the model, which changes nothing here (every rank starts from the same weights). Older
+    torch versions only know ``broadcast_buffers``, which the configs therefore keep.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    accepted = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "broadcast_buffers" in strategy and "forward_sync_buffers" in accepted:
+        strategy = dict(strategy)
+        strategy["forward_sync_buffers"] = strategy.pop("broadcast_buffers")
+    return strategy
+
+
+def _num_devices(devices: Any, accelerator: Any) -> int:
+    """How many devices per node a ``trainer.devices`` value asks for (Lightning's rules)."""
+    gpu = str(accelerator).lower() in ("gpu", "cuda", "auto")
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        return len(devices)
+    if devices is None or str(devices).strip() in ("auto", "-1"):
+        return torch.cuda.device_count() if gpu else 1
+    text = str(devices).strip()
+    if "," in text:  # "0,1": device ids
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text)
+
+
+def _launches_subprocesses(strategy: Any) -> bool:
+    """Whether a strategy re-executes the script for the other ranks (Lightning's ``popen``)."""
+    if isinstance(strategy, Mapping):
+        start = str(strategy.get("start_method", "popen"))
+        return start not in _INPROCESS_START_METHODS
+    name = str(strategy or "auto").lower()
+    return not any(method in name for method in _INPROCESS_START_METHODS)
+
+
+def multirun_ddp_problem(
+    trainer_cfg: Mapping[str, Any] | None,
+    *,
+    mode: RunMode | None,
+    launcher_target: str = "",
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """Why a Hydra job cannot run with this trainer config, or None if it can.
+
+    Lightning's default DDP launcher re-executes ``sys.argv`` once per extra device. Under a
+    Hydra multirun that command is the whole sweep, so every child starts the sweep again
+    (Lightning issue #11300, architecture.md §10.7). Safe: single runs, one device per job,
+    in-process start methods (``spawn``/``fork``: ``trainer=ddp_cpu``), and processes created
+    outside Lightning (torchrun, SLURM, Hydra's submitit launcher).
+
+    Args:
+        trainer_cfg: ``cfg.trainer`` (a mapping; ``strategy`` a name or a ``_target_`` node).
+        mode: Hydra's run mode (None outside Hydra).
+        launcher_target: ``hydra.launcher._target_``.
+        environ: Environment variables (default ``os.environ``).
+
+    Returns:
+        An error message naming the fixes, or None.
+    """
+    if mode != RunMode.MULTIRUN or "submitit" in launcher_target.lower():
+        return None
+    environ = os.environ if environ is None else environ
+    if any(key in environ for key in _EXTERNAL_LAUNCH_ENV):
+        return None
+    trainer_cfg = trainer_cfg or {}
+    devices = _num_devices(trainer_cfg.get("devices", "auto"), trainer_cfg.get("accelerator"))
+    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    if devices * nodes <= 1 or not _launches_subprocesses(trainer_cfg.get("strategy")):
+        return None
+    return (
+        f"Hydra multirun with a subprocess-launched DDP strategy ({devices} devices x {nodes} "
+        "nodes) re-runs the whole sweep in every child process (Lightning issue #11300). "
+        "Use an in-process start method (trainer=ddp_cpu, or "
+        "trainer.strategy.start_method=spawn), one device per job (trainer.devices=1), or "
+        "the SLURM launcher (hydra/launcher=submitit_slurm), which creates the processes itself."
+    )
+
+
 def _guard_multirun_ddp(cfg: DictConfig) -> None:
-    """Refuse Hydra multirun with subprocess-launched DDP (Lightning issue #11300)."""
+    """Refuse Hydra multirun with subprocess-launched DDP (Lightning issue #11300).
+
+    Raises:
+        ValueError: With the message of :func:`multirun_ddp_problem`.
+    """
     try:
-        mode = HydraConfig.get().mode
+        hydra_cfg = HydraConfig.get()
     except ValueError:  # not running under Hydra (tests calling train() directly)
         return
-    strategy = str((cfg.trainer or {}).get("strategy", ""))
-    devices = (cfg.trainer or {}).get("devices", 1)
-    multi = (
-        devices not in (1, "1", None, "auto")
-        if not isinstance(devices, list)
-        else len(devices) > 1
+    launcher = hydra_cfg.get("launcher") or {}
+    problem = multirun_ddp_problem(
+        OmegaConf.to_container(cfg.trainer, resolve=False) if cfg.trainer else {},
+        mode=hydra_cfg.mode,
+        launcher_target=str(launcher.get("_target_", "")),
     )
-    if (
-        mode == RunMode.MULTIRUN
-        and multi
-        and strategy.startswith("ddp")
-        and "spawn" not in strategy
-    ):
-        raise ValueError(
-            "Hydra multirun with trainer.strategy='ddp' re-launches the sweep in every process "
-            "(Lightning issue #11300). Use trainer=ddp_cpu / strategy=ddp_spawn, single-device "
-            "jobs, or the SLURM launcher (hydra/launcher=submitit_slurm)."
-        )
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def launch_local_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's local rank as set by a launcher before any process group exists.
+
+    ``LOCAL_RANK`` is set by torchrun and by Lightning for the processes it re-launches,
+    ``SLURM_LOCALID`` by srun; a process started by hand is local rank 0.
+    """
+    environ = os.environ if environ is None else environ
+    for key in _EXTERNAL_LAUNCH_ENV:
+        if key in environ:
+            return int(environ[key])
+    return 0
+
+
+def prepare_data_once(dm: VIReIDDataModule) -> None:
+    """Generate the data (SynVI) on local rank 0 only; the other local ranks wait for it.
+
+    ``train`` needs the data set before the trainer exists (the phase count depends on its
+    cameras), so this cannot wait for Lightning's own ``prepare_data`` barrier. With Lightning's
+    launchers the other ranks only start once rank 0 has passed this point; with torchrun or
+    SLURM all ranks start together and the non-zero ones poll for the finished tree.
+    """
+    if launch_local_rank() == 0:
+        dm.prepare_data()
+    else:
+        dm.wait_until_prepared()
+
+
+def _fit_ran_in_other_processes(trainer: L.Trainer) -> bool:
+    """True in the parent of Lightning's spawn/fork launcher after ``fit``.
+
+    The workers trained; this process only got rank 0's weights back, not the callbacks'
+    state. (Every process of a re-launched or torchrun job keeps its process group.)
+    """
+    return trainer.world_size > 1 and not (dist.is_available() and dist.is_initialized())
+
+
+def _reload_callback_states(callbacks: Sequence[Callback], ckpt_path: Path) -> None:
+    """Load the callbacks' states from the checkpoint rank 0 wrote at the end of training."""
+    if not ckpt_path.is_file():
+        log.warning("no %s: callback states (clustering history) stay empty", ckpt_path)
+        return
+    states = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("callbacks", {})
+    for callback in callbacks:
+        state = states.get(callback.state_key)
+        if state:
+            callback.load_state_dict(state)
 
 
 def last_cluster_stats(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -170,11 +322,14 @@ def last_cluster_stats(history: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train and evaluate one configuration; returns the flat metrics written to metrics.json.
 
     Args:
         cfg: The composed configuration (schema :class:`gur_lightning.config.TrainConfig`).
+        extra_callbacks: Further Lightning callbacks (diagnostics, tests). They run before the
+            built-in ones in each hook; with ``trainer=ddp_cpu`` they are pickled into the
+            worker processes.
 
     Returns:
         Test metrics (``test/<protocol>/<metric>``) and the last cluster statistics.
@@ -186,7 +341,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     dm = build_datamodule(cfg)
-    dm.prepare_data()
+    prepare_data_once(dm)
     dm.setup("fit")
     schedule = OmegaConf.to_object(cfg.schedule)
     phases = build_phases(schedule, dm.cameras("visible"), dm.cameras("infrared"))
@@ -195,9 +350,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     module = build_module(cfg)
     recluster = build_reclustering(cfg, phases)
+    checkpoint_dir = output_dir / "checkpoints"
     callbacks = [
+        *extra_callbacks,
         recluster,
-        ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), save_last=True, save_top_k=0),
+        # last.ckpt, overwritten at every epoch end, i.e. at every phase end after the next
+        # phase is clustered: the points from which a resume is exact. (``save_last=True`` with
+        # ``save_top_k=0`` would only write it when fit ends.)
+        ModelCheckpoint(
+            dirpath=str(checkpoint_dir),
+            filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+            save_top_k=1,
+            monitor=None,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        ),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(PhaseProgressBar(phases))
@@ -212,13 +380,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(validation)
     logger = instantiate(cfg.logger) if cfg.logger is not None else False
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **build_trainer_kwargs(cfg),
         max_epochs=len(phases),
         callbacks=callbacks,
         logger=logger,
         default_root_dir=str(output_dir),
     )
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    spawned = _fit_ran_in_other_processes(trainer)
+    if spawned:
+        _reload_callback_states(callbacks, checkpoint_dir / "last.ckpt")
+    # Lightning moves the module to the CPU when fit ends; evaluate on the training device.
+    module.to(trainer.strategy.root_device)
 
     metrics: dict[str, float] = {}
     if cfg.eval.test_after_fit:
@@ -233,8 +406,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         (output_dir / "clustering_history.json").write_text(
             json.dumps(recluster.history, indent=2)
         )
-        if logger:
+        if logger and not spawned:
             logger.log_metrics({k: v for k, v in metrics.items() if k.startswith("test/")})
+        elif logger:
+            # The workers' logger run is closed; a fresh one in this process would start a new
+            # run (CSV: truncate the workers' metrics.csv). metrics.json holds the results.
+            log.info("test metrics are in %s only (fit ran in spawned workers)", output_dir)
         if cfg.eval.test_after_fit:
             log.info(
                 "last-epoch test results (%%, mean ± std over trials):\n%s", format_table(metrics)

@@ -11,10 +11,25 @@ the start of each epoch, after the previous epoch-end hooks; architecture.md §1
 
 Under DDP every rank extracts features for its shard, rank 0 clusters, and the labels and
 centroids are broadcast, so every rank installs bit-identical memories (architecture.md §11.5).
+A clustering that fails on rank 0 is broadcast as an error: a usable-clustering failure skips
+the phase on every rank, anything else is raised on every rank (no rank waits for a broadcast
+that never comes).
+
+Resume (method.md §18.2: one Lightning epoch per phase, checkpoints at phase ends). The
+callback's ``state_dict`` holds what the next phases need and cannot recompute: the clustering
+history, the trained per-camera memories of stage 1 and per-modality memories of stage 2 (the
+CAE prototypes of stages 2 and 3), and the labels and initial memories installed for the next
+phase, together with a fingerprint of the schedule and the training data. Lightning restores
+callback states *before* ``on_fit_start`` but the loop's epoch counter only *after* it, so
+``on_fit_start`` resumes from the restored state, never from ``trainer.current_epoch``, and
+re-installs the saved labels and memories instead of re-clustering. Every training draw of a
+phase is seeded from ``(seed, phase, rank)`` (:meth:`VIReIDDataModule.train_dataloader`), so a
+run resumed from a phase-end checkpoint continues exactly as the uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,9 +44,13 @@ from gur_lightning.data.datamodule import LabelledSet, VIReIDDataModule
 from gur_lightning.data.samplers import NotEnoughClustersError
 from gur_lightning.data.samples import Sample
 from gur_lightning.schedule import Phase
+from gur_lightning.utils.distributed import RemoteError, average_buffers, get_world_size
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+#: Version of the checkpointed state layout (bump on incompatible changes).
+STATE_VERSION: int = 1
 
 
 @dataclass
@@ -45,6 +64,7 @@ class ClusteringResult:
         routing: Stream ("visible"/"infrared") -> memory name it trains against.
         stats: Flat statistics to log (``cluster/<stage>/...``).
         error: A message when the clustering is unusable (the phase is then skipped).
+        fatal: The error is not a clustering outcome but a failure (every rank raises).
     """
 
     labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -52,6 +72,30 @@ class ClusteringResult:
     routing: dict[str, str] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class InstalledPhase:
+    """The pseudo-labels and initial memories installed for one phase (on every rank).
+
+    Attributes:
+        phase: Index of the phase they train.
+        ok: False when the phase was skipped (no usable clustering): nothing is installed.
+        labels: Per modality, (N_m,) int64 labels (-1 outliers) aligned with the phase samples.
+        memories: Memory name -> (K, D) float32 CPU centroids as installed.
+        routing: Stream -> memory name.
+    """
+
+    phase: int
+    ok: bool
+    labels: dict[str, np.ndarray]
+    memories: dict[str, torch.Tensor]
+    routing: dict[str, str]
+
+
+class ResumeError(ValueError):
+    """A checkpoint that cannot resume this run (another experiment, mid-phase, no state)."""
 
 
 class Reclustering(Callback):
@@ -72,10 +116,18 @@ class Reclustering(Callback):
         oracle: Use the ground-truth identities instead of clustering, one label space and one
             shared memory for both modalities: the supervised upper bound of a benchmark table,
             never an unsupervised result.
+        experiment: Name of the experiment, saved in checkpoints and quoted when a checkpoint
+            from another experiment is refused.
 
     Attributes:
         history: One record per clustering: ``phase``, ``trainer_epoch`` (the Lightning epoch
             whose end, or fit start, ran it), ``stage``, ``skipped``, ``seconds`` and the stats.
+        installed: What is installed for the current or next phase (None before fit).
+
+    Hooks and ranks: ``setup`` checks the trainer; ``on_fit_start`` clusters phase 0 or
+    re-installs the checkpointed phase; ``on_train_epoch_end`` averages BatchNorm buffers
+    across ranks, keeps the trained memories and clusters the next phase. Every hook runs on
+    every rank; only the DBSCAN / CAE / CMLU maths runs on rank 0.
     """
 
     def __init__(
@@ -93,6 +145,7 @@ class Reclustering(Callback):
         cae_legacy_slicing: bool = False,
         cmlu_topk: int = 20,
         oracle: bool = False,
+        experiment: str = "none",
     ) -> None:
         super().__init__()
         self.phases = list(phases)
@@ -109,13 +162,19 @@ class Reclustering(Callback):
         self.cae_legacy_slicing = cae_legacy_slicing
         self.cmlu_topk = cmlu_topk
         self.oracle = oracle
+        self.experiment = experiment
         self.history: list[dict[str, Any]] = []
         # Trained per-camera memories of stage 1 (CAE prototypes of stage 2; §8.1, §17.7).
         self._camera_memories: dict[tuple[str, int], torch.Tensor] = {}
         # Trained per-modality memories of stage 2 (CAE prototypes of stage 3; §8.2).
         self._modality_memories: dict[str, torch.Tensor] = {}
-        self._installed: Phase | None = None
-        self._installed_ok = False
+        self.installed: InstalledPhase | None = None
+        # True between a completed clustering and the next phase's first step: a checkpoint
+        # taken then (ModelCheckpoint at epoch end) resumes exactly.
+        self._at_boundary = False
+        self._restored: dict[str, Any] | None = None
+        self._fingerprint: dict[str, Any] | None = None
+        self._world_size = 1
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -136,25 +195,182 @@ class Reclustering(Callback):
             raise TypeError("Reclustering needs the trainer to run with a VIReIDDataModule")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Cluster for the first phase to train (phase 0, or the resumed one)."""
-        self._prepare(trainer, pl_module, trainer.current_epoch, trigger_epoch=-1)
+        """Cluster phase 0, or re-install the phase a checkpoint stopped before.
+
+        Raises:
+            ResumeError: When resuming from a checkpoint of another experiment (schedule or
+                training data differ), one saved mid-phase, or one without this callback's state.
+        """
+        dm: VIReIDDataModule = trainer.datamodule
+        self._fingerprint = self._make_fingerprint(dm)
+        self._world_size = get_world_size()
+        restored, self._restored = self._restored, None
+        if restored is not None:
+            self._resume(trainer, pl_module, restored)
+        elif trainer.ckpt_path is not None:
+            raise ResumeError(
+                f"checkpoint {trainer.ckpt_path} holds no Reclustering state: it was not written "
+                "by a gur_lightning training run (use that run's checkpoints/last.ckpt)"
+            )
+        else:
+            self._prepare(trainer, pl_module, 0, trigger_epoch=-1)
+        self._at_boundary = True
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Tell the module which GUR epoch this phase belongs to (its LR depends on it)."""
-        pl_module.gur_epoch = self.phases[trainer.current_epoch].gur_epoch
+        """Check that the installed labels belong to this phase; set the module's GUR epoch."""
+        epoch = trainer.current_epoch
+        if self.installed is None or self.installed.phase != epoch:
+            have = None if self.installed is None else self.installed.phase
+            raise RuntimeError(
+                f"Lightning epoch {epoch} starts but the pseudo-labels installed are for phase "
+                f"{have}: the loop state and the Reclustering state disagree"
+            )
+        self._at_boundary = False
+        pl_module.gur_epoch = self.phases[epoch].gur_epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the trained memories the next stages need, then cluster for the next phase."""
+        # Without SyncBatchNorm each rank tracked BN statistics on its own batches: make the
+        # ranks' models identical before they extract features for the clustering.
+        average_buffers(pl_module)
         phase = self.phases[trainer.current_epoch]
         if (
-            self._installed_ok
-            and self._installed is not None
-            and self._installed.index == phase.index
+            self.installed is not None
+            and self.installed.ok
+            and self.installed.phase == phase.index
         ):
             self._snapshot_memories(phase, pl_module)
         nxt = trainer.current_epoch + 1
         if nxt < len(self.phases):
             self._prepare(trainer, pl_module, nxt, trigger_epoch=trainer.current_epoch)
+        self._at_boundary = True
+
+    # -------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs (tensors and plain Python values only: ``weights_only``).
+
+        Returns:
+            ``version``, ``experiment``, ``fingerprint`` (schedule and data), ``world_size``,
+            ``at_phase_boundary``, ``history``, ``camera_memories`` (``"<modality>/<camera>"``
+            -> (K, D)), ``modality_memories`` and ``installed`` (phase, ok, labels as int64
+            tensors, memories, routing), or ``{}`` before fit has started.
+        """
+        if self._fingerprint is None:
+            return {}
+        inst = self.installed
+        return {
+            "version": STATE_VERSION,
+            "experiment": self.experiment,
+            "fingerprint": self._fingerprint,
+            "world_size": self._world_size,
+            "at_phase_boundary": self._at_boundary,
+            "history": [dict(h) for h in self.history],
+            "camera_memories": {
+                f"{m}/{cam}": t.clone() for (m, cam), t in self._camera_memories.items()
+            },
+            "modality_memories": {m: t.clone() for m, t in self._modality_memories.items()},
+            "installed": None
+            if inst is None
+            else {
+                "phase": inst.phase,
+                "ok": inst.ok,
+                "labels": {
+                    m: torch.as_tensor(v, dtype=torch.int64) for m, v in inst.labels.items()
+                },
+                "memories": {k: v.clone() for k, v in inst.memories.items()},
+                "routing": dict(inst.routing),
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the clustering history; :meth:`on_fit_start` validates and installs the rest.
+
+        Raises:
+            ResumeError: On a state written by an incompatible version of this callback.
+        """
+        version = state_dict.get("version")
+        if version != STATE_VERSION:
+            raise ResumeError(
+                f"the checkpoint's Reclustering state has version {version!r}, this code reads "
+                f"version {STATE_VERSION}"
+            )
+        self.history = [dict(h) for h in state_dict["history"]]
+        self._restored = state_dict
+
+    def _make_fingerprint(self, dm: VIReIDDataModule) -> dict[str, Any]:
+        schedule = hashlib.sha256(repr(self.phases).encode()).hexdigest()[:16]
+        return {"num_phases": len(self.phases), "schedule": schedule, "data": dm.fingerprint()}
+
+    def _check_fingerprint(self, state: dict[str, Any], ckpt: str | None) -> None:
+        """Refuse a checkpoint whose schedule or training data differ from this run's."""
+        saved, current = state["fingerprint"], self._fingerprint
+        assert current is not None
+        problems = []
+        if saved["num_phases"] != current["num_phases"]:
+            problems.append(
+                f"its schedule has {saved['num_phases']} phases, this run's has "
+                f"{current['num_phases']}"
+            )
+        elif saved["schedule"] != current["schedule"]:
+            problems.append("its schedule's phases (stages, cameras, iterations) differ")
+        if saved["data"] != current["data"]:
+            problems.append(f"its training data {saved['data']} differ from {current['data']}")
+        if problems:
+            raise ResumeError(
+                f"checkpoint {ckpt} comes from another experiment "
+                f"({state.get('experiment')!r}; this run: {self.experiment!r}): "
+                + "; ".join(problems)
+                + ". Resume with the same experiment, schedule and data, or start a new run."
+            )
+
+    def _resume(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Any]
+    ) -> None:
+        """Re-install the checkpointed phase exactly as the interrupted run had installed it."""
+        self._check_fingerprint(state, trainer.ckpt_path)
+        inst = state["installed"]
+        if not state["at_phase_boundary"] or inst is None:
+            raise ResumeError(
+                f"checkpoint {trainer.ckpt_path} was saved in the middle of a phase; resuming "
+                "is exact only from a checkpoint saved at a phase end, such as the run's "
+                "checkpoints/last.ckpt"
+            )
+        if state["world_size"] != self._world_size:
+            log.warning(
+                "resuming a %d-process run with %d processes: batches are per rank, so the "
+                "continuation differs from the uninterrupted run",
+                state["world_size"],
+                self._world_size,
+            )
+        self._camera_memories = {
+            (key.split("/")[0], int(key.split("/")[1])): t
+            for key, t in state["camera_memories"].items()
+        }
+        self._modality_memories = dict(state["modality_memories"])
+        phase = self.phases[inst["phase"]]
+        result = ClusteringResult(
+            labels={m: t.numpy() for m, t in inst["labels"].items()},
+            memories=dict(inst["memories"]),
+            routing=dict(inst["routing"]),
+            error=None if inst["ok"] else "skipped in the interrupted run",
+        )
+        samples = self._phase_samples(trainer.datamodule, phase)
+        for m, labels in result.labels.items():
+            if len(labels) != len(samples[m]):
+                raise ResumeError(
+                    f"checkpoint {trainer.ckpt_path}: phase {phase.index} has {len(labels)} "
+                    f"{m} labels but {len(samples[m])} {m} samples"
+                )
+        ok = self._install(trainer, pl_module, phase, samples, result)
+        self._at_boundary = True
+        log.info(
+            "resumed from %s before phase %d/%d (%s)%s",
+            trainer.ckpt_path,
+            phase.index + 1,
+            len(self.phases),
+            phase.label,
+            "" if ok else ", skipped",
+        )
 
     # ------------------------------------------------------------- machinery
     def _snapshot_memories(self, phase: Phase, pl_module: L.LightningModule) -> None:
@@ -187,36 +403,25 @@ class Reclustering(Callback):
         samples = self._phase_samples(dm, phase)
         features = {m: self._extract(trainer, pl_module, dm, s) for m, s in samples.items()}
         result: ClusteringResult | None = None
+        failure: BaseException | None = None
         if trainer.is_global_zero:
             try:
                 result = self._cluster(phase, samples, features)
             except (ValueError, RuntimeError) as err:
-                # A clustering that fails on rank 0 must reach the other ranks, or they hang.
+                # An unusable clustering (no cluster found...): every rank skips the phase.
                 result = ClusteringResult(error=f"{type(err).__name__}: {err}")
+            except Exception as err:  # any other failure: shared with the ranks, re-raised
+                failure = err
+                result = ClusteringResult(error=f"{type(err).__name__}: {err}", fatal=True)
+        # Every rank reaches this broadcast, also when rank 0 failed: no rank is left waiting.
         result = trainer.strategy.broadcast(result, src=0)
-        skipped = result.error is not None
+        if failure is not None:
+            raise failure
+        if result.fatal:
+            raise RemoteError(f"rank 0 failed to cluster phase {phase.index}: {result.error}")
+        skipped = not self._install(trainer, pl_module, phase, samples, result)
         if not skipped:
-            try:
-                labelled = {
-                    m: LabelledSet.from_labels(samples[m], result.labels[m]) for m in samples
-                }
-                dm.set_pseudo_labels(
-                    labelled["visible"],
-                    labelled["infrared"],
-                    num_batches=phase.iterations,
-                    phase_index=phase.index,
-                )
-            except NotEnoughClustersError as err:
-                result.error = str(err)
-                skipped = True
-        if skipped:
-            log.warning("phase %d (%s) skipped: %s", phase.index, phase.label, result.error)
-            dm.skip_phase()
-        else:
-            memories = {k: v.to(pl_module.device) for k, v in result.memories.items()}
-            pl_module.set_memories(memories, result.routing)
             self._snapshot_memories(phase, pl_module)
-        self._installed, self._installed_ok = phase, not skipped
         seconds = time.perf_counter() - start
         record = {
             "phase": phase.index,
@@ -247,6 +452,46 @@ class Reclustering(Callback):
             metrics = {prefix + k: float(v) for k, v in result.stats.items()}
             metrics.update({prefix + "skipped": float(skipped), prefix + "seconds": seconds})
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _install(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        phase: Phase,
+        samples: dict[str, list[Sample]],
+        result: ClusteringResult,
+    ) -> bool:
+        """Install labels and memories for ``phase`` (or an empty phase); True unless skipped."""
+        dm: VIReIDDataModule = trainer.datamodule
+        ok = result.error is None
+        if ok:
+            try:
+                labelled = {
+                    m: LabelledSet.from_labels(samples[m], result.labels[m]) for m in samples
+                }
+                dm.set_pseudo_labels(
+                    labelled["visible"],
+                    labelled["infrared"],
+                    num_batches=phase.iterations,
+                    phase_index=phase.index,
+                )
+            except NotEnoughClustersError as err:
+                result.error = str(err)
+                ok = False
+        if ok:
+            memories = {k: v.to(pl_module.device) for k, v in result.memories.items()}
+            pl_module.set_memories(memories, result.routing)
+        else:
+            log.warning("phase %d (%s) skipped: %s", phase.index, phase.label, result.error)
+            dm.skip_phase()
+        self.installed = InstalledPhase(
+            phase=phase.index,
+            ok=ok,
+            labels={m: np.asarray(v, dtype=np.int64) for m, v in result.labels.items()},
+            memories={k: v.detach().float().cpu() for k, v in result.memories.items()},
+            routing=dict(result.routing),
+        )
+        return ok
 
     def _extract(
         self,

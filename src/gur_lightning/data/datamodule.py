@@ -6,13 +6,22 @@ features, clusters them, and installs the result with :meth:`set_pseudo_labels` 
 builds the phase's train loader (``reload_dataloaders_every_n_epochs=1`` makes Lightning call
 :meth:`train_dataloader` at the start of every epoch, after the previous epoch's
 ``on_train_epoch_end`` hooks have run).
+
+Randomness of a training phase (identity plan, instance draws, augmentations, loader-worker
+seeds) is a function of ``(seed, phase index, rank)`` only, never of what ran before: a run
+resumed at a phase boundary draws exactly what the uninterrupted run drew, and DDP ranks draw
+different augmentations (architecture.md §11.6).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -20,10 +29,36 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
-from gur_lightning.data.samples import Modality, Sample
+from gur_lightning.data.samples import MODALITY_INDEX, Modality, Sample
+from gur_lightning.utils.distributed import get_rank
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+#: Seconds a non-zero local rank waits for local rank 0 to generate the SynVI tree (large trees
+#: take minutes on two cores).
+PREPARE_TIMEOUT_S: float = 3600.0
+#: Polling period of that wait.
+PREPARE_POLL_S: float = 1.0
+#: Salt of the identity samplers' seeds per phase (a large prime keeps phases apart).
+_PHASE_SEED_STRIDE: int = 1_000_003
+
+
+def phase_seed(seed: int, phase_index: int, rank: int, stream: int = 0) -> int:
+    """A 63-bit seed for one random stream of one phase on one rank.
+
+    Args:
+        seed: The run's seed (``cfg.seed``), >= 0.
+        phase_index: Index of the training phase (the Lightning epoch).
+        rank: Global rank of this process.
+        stream: Which stream: 0 the main process's global torch generator (augmentations when
+            ``num_workers=0``), ``1 + MODALITY_INDEX[m]`` the workers of modality ``m``'s loader.
+
+    Returns:
+        A seed in ``[0, 2**63)`` for ``torch.manual_seed`` / ``torch.Generator.manual_seed``.
+    """
+    state = np.random.SeedSequence([seed, phase_index, rank, stream]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
 
 
 @dataclass(frozen=True)
@@ -69,7 +104,11 @@ class VIReIDDataModule(L.LightningDataModule):
         infrared_batch_size: Infrared images per step and rank.
         num_workers: Loader workers.
         eval_batch_size: Batch size for feature extraction.
-        seed: Seed of the identity samplers (combined with the phase index).
+        seed: Seed of every training draw (combined with the phase index and the rank); >= 0.
+
+    Under DDP every rank holds one DataModule: ``visible_batch_size`` and
+    ``infrared_batch_size`` are per rank (the global batch is ``world_size`` times larger) and
+    the identity sampler gives each rank a disjoint slice of identities at every step.
     """
 
     def __init__(
@@ -90,6 +129,8 @@ class VIReIDDataModule(L.LightningDataModule):
         seed: int = 1,
     ) -> None:
         super().__init__()
+        if seed < 0:
+            raise ValueError(f"VIReIDDataModule: seed must be >= 0, got {seed}")
         self.name = name
         self.root = str(root)
         self.trial = trial
@@ -116,10 +157,50 @@ class VIReIDDataModule(L.LightningDataModule):
             return
         from gur_lightning.data.synvi import generate_synvi
 
-        params = dict(self.synvi)
+        layout, num_ids, params = self._synvi_call()
+        generate_synvi(layout, self.root, num_ids=num_ids, **params)
+
+    def _synvi_call(self) -> tuple[str, int | None, dict[str, Any]]:
+        """``(layout, num_ids, other parameters)`` of the configured SynVI tree."""
+        params = dict(self.synvi or {})
         layout = params.pop("layout", self.name)
         num_ids = params.pop("num_ids", None)
-        generate_synvi(layout, self.root, num_ids=num_ids, **params)
+        return layout, num_ids, params
+
+    def is_prepared(self) -> bool:
+        """Whether :meth:`prepare_data` has nothing left to do (the SynVI tree is complete).
+
+        A tree counts as complete once its marker, written last and moved into place atomically
+        by the generator, carries the hash of the configured parameters.
+        """
+        if self.synvi is None:
+            return True
+        from gur_lightning.data.synvi import parameter_hash, read_marker, tree_parameters
+
+        layout, num_ids, params = self._synvi_call()
+        marker = read_marker(Path(self.root).absolute())
+        expected = parameter_hash(tree_parameters(layout, num_ids=num_ids, **params))
+        return marker is not None and marker.get("hash") == expected
+
+    def wait_until_prepared(
+        self, timeout_s: float = PREPARE_TIMEOUT_S, poll_s: float = PREPARE_POLL_S
+    ) -> None:
+        """Block until another process (local rank 0) has finished :meth:`prepare_data`.
+
+        Used by the non-zero local ranks of an externally launched DDP job (torchrun, SLURM),
+        which start before any process group exists.
+
+        Raises:
+            TimeoutError: If the data is still not prepared after ``timeout_s`` seconds.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.is_prepared():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"waited {timeout_s:.0f} s for local rank 0 to generate the SynVI tree at "
+                    f"{self.root}; did rank 0 fail? (its log names the error)"
+                )
+            time.sleep(poll_s)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the data set's raw layout (every rank)."""
@@ -142,6 +223,28 @@ class VIReIDDataModule(L.LightningDataModule):
             sum(s.modality == "visible" for s in train),
             sum(s.modality == "infrared" for s in train),
         )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the training data, saved in checkpoints to refuse a foreign resume.
+
+        Returns:
+            ``name``, ``trial``, per-modality image counts and ``digest``, a hash of every
+            training image's path relative to the root, camera and modality in reader order (the
+            pseudo-labels saved in a checkpoint are aligned with that order). The root itself is
+            left out so that a data set moved to another folder still resumes.
+        """
+        train = self._require_setup().train
+        digest = hashlib.sha256()
+        for s in train:
+            rel = os.path.relpath(s.path, self.root)
+            digest.update(f"{rel}|{s.camid}|{s.modality}\n".encode())
+        return {
+            "name": self.name,
+            "trial": self.trial if self.name == "regdb" else 0,
+            "num_visible": sum(s.modality == "visible" for s in train),
+            "num_infrared": sum(s.modality == "infrared" for s in train),
+            "digest": digest.hexdigest()[:16],
+        }
 
     def _require_setup(self):
         if self.dataset is None:
@@ -227,10 +330,10 @@ class VIReIDDataModule(L.LightningDataModule):
             num_instances=self.num_instances,
             batch_size=batch_size,
             num_batches=num_batches,
-            seed=self.seed + 1_000_003 * phase_index,
+            seed=self.seed + _PHASE_SEED_STRIDE * phase_index,
         )
 
-    def _train_loader(self, modality: Modality) -> DataLoader:
+    def _train_loader(self, modality: Modality, rank: int) -> DataLoader:
         from gur_lightning.data.image_datasets import PseudoLabelDataset
         from gur_lightning.data.transforms import build_train_transform
 
@@ -251,6 +354,11 @@ class VIReIDDataModule(L.LightningDataModule):
             )
             batch_size = self.infrared_batch_size
         sampler = self._make_sampler(labelled, batch_size, self._num_batches, self._phase_index)
+        # Workers seed torch from this generator (base seed + worker id), so worker-side
+        # augmentations follow (seed, phase, rank, modality) whatever ran before.
+        generator = torch.Generator().manual_seed(
+            phase_seed(self.seed, self._phase_index, rank, 1 + MODALITY_INDEX[modality])
+        )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -259,10 +367,18 @@ class VIReIDDataModule(L.LightningDataModule):
             drop_last=True,
             persistent_workers=False,
             worker_init_fn=_seed_worker,
+            generator=generator,
         )
 
     def train_dataloader(self) -> CombinedLoader:
         """The phase's visible and infrared loaders, zipped: ``batch = {"visible", "infrared"}``.
+
+        Lightning calls it on every rank at the start of every epoch (= phase). It also re-seeds
+        torch's global generator from ``(seed, phase, rank)``: with ``num_workers=0`` the
+        augmentations are drawn from it in this process, and without the re-seed they would
+        depend on everything drawn since the start (a resumed run would differ from an
+        uninterrupted one) and be identical on every DDP rank (``seed_everything`` gives every
+        rank the same state).
 
         Raises:
             RuntimeError: If no pseudo-labels were ever installed (no re-clustering callback).
@@ -273,8 +389,10 @@ class VIReIDDataModule(L.LightningDataModule):
             raise RuntimeError(
                 "VIReIDDataModule has no pseudo-labels: is the Reclustering callback configured?"
             )
+        rank = get_rank()
+        torch.manual_seed(phase_seed(self.seed, self._phase_index, rank))
         return CombinedLoader(
-            {"visible": self._train_loader("visible"), "infrared": self._train_loader("infrared")},
+            {m: self._train_loader(m, rank) for m in ("visible", "infrared")},
             mode="min_size",
         )
 
@@ -285,7 +403,7 @@ class VIReIDDataModule(L.LightningDataModule):
         self._skipped = True
 
     def state_dict(self) -> dict:
-        """Nothing to save: pseudo-labels are recomputed on resume from the restored weights."""
+        """Nothing to save: the re-clustering callback checkpoints and re-installs the labels."""
         return {}
 
 

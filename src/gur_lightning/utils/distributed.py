@@ -11,6 +11,9 @@ unconditionally. Under DDP they use ``torch.distributed`` directly (not Lightnin
 * :func:`broadcast_object` / :func:`broadcast_result` share rank 0's results (clustering on
   rank 0 only, architecture.md §11.5.2); the latter turns an exception on rank 0 into an error on
   every rank instead of a hang.
+* :func:`average_buffers` makes the module buffers (BatchNorm running statistics) identical on
+  every rank when DDP does not (``broadcast_buffers=False`` without ``SyncBatchNorm``, e.g. on
+  CPU where ``SyncBatchNorm`` is unavailable).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 T = TypeVar("T")
 
 __all__ = [
     "RemoteError",
+    "average_buffers",
     "broadcast_object",
     "broadcast_result",
     "gather_by_index",
@@ -204,3 +208,38 @@ def broadcast_result(fn: Callable[[], T], src: int = 0) -> T:
     if not ok:
         raise RemoteError(f"rank {src} failed: {value}")
     return value
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module) -> None:
+    """Average ``module``'s floating-point buffers over the ranks, in place; copy the others.
+
+    With ``broadcast_buffers=False`` and no ``SyncBatchNorm`` (CPU DDP), each rank updates its
+    BatchNorm running statistics from its own batches, so the ranks' eval-mode models drift
+    apart. The running mean is a linear recursion, so the average of the ranks' running means
+    is the running mean of the global batches' means (per-rank batches are equal in size); the
+    averaged variances leave out the spread of the per-rank means, a small bias. Integer
+    buffers (``num_batches_tracked``) are equal on every rank anyway and are copied from rank 0.
+    Buffers are flattened per dtype and device into one collective each.
+
+    Args:
+        module: The module whose buffers are synchronised (the LightningModule, not the DDP
+            wrapper; they share the tensors). No-op when world = 1.
+    """
+    if not is_distributed():
+        return
+    world = get_world_size()
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for buf in module.buffers():
+        groups.setdefault((buf.dtype, buf.device), []).append(buf)
+    for (dtype, _device), bufs in groups.items():
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        if dtype.is_floating_point:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= world
+        else:
+            dist.broadcast(flat, src=0)
+        offset = 0
+        for b in bufs:
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
