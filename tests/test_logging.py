@@ -34,7 +34,7 @@ from gur_lightning.config import register_configs, validate_config
 from gur_lightning.data.samples import Sample
 from gur_lightning.evaluation import protocol_splits
 from gur_lightning.schedule import build_phases
-from gur_lightning.train import CONF_DIR, build_datamodule, train
+from gur_lightning.train import CONF_DIR, build_datamodule, model_featurizer, train
 from gur_lightning.utils import loggers as lg
 from gur_lightning.visualize import (
     _MARGIN,
@@ -484,7 +484,9 @@ def smoke_csv(tmp_path_factory):
         "eval.val_every_n_epochs=1",
         "eval.max_trials=1",
     )
-    metrics = train(cfg)
+    phases = build_phases(OmegaConf.to_object(cfg.schedule), *CAMS)
+    pictures = build_picture_callbacks(cfg, phases, tmp / "run", model_featurizer)
+    metrics = train(cfg, extra_callbacks=pictures)
     return tmp / "run", cfg, metrics
 
 
@@ -545,17 +547,28 @@ def test_csv_logger_receives_the_test_metrics(smoke_csv):
     assert logged == pytest.approx([metrics["test/sysu_all/mAP"]])
 
 
-def test_quality_pictures_from_a_real_history(smoke_csv, tmp_path):
+def test_pictures_of_a_training_run(smoke_csv, tmp_path):
     run, _, _ = smoke_csv
-    history = json.loads((run / "clustering_history.json").read_text())
-    cb = ClusterQualityPictures(tmp_path, history=history)
-    written = cb.draw(_fake_trainer(tmp_path))
-    assert sorted(p.name for p in written) == sorted(
+    expected = {
         f"{kind}_{stage}.png"
         for kind in ("cluster_quality", "cluster_count")
         for stage in ("intra_camera", "inter_camera", "inter_modality")
-    )
-    assert all(Image.open(p).size == (640, 400) for p in written)
+    }
+    expected |= {"ranking_sysu_all.png", "ranking_sysu_indoor.png"}
+    written = {p.name for p in (run / "pictures").iterdir()}
+    assert written == expected
+    sizes = {Image.open(run / "pictures" / name).size for name in expected if "cluster" in name}
+    assert sizes == {(640, 400)}
+    # Ranking picture: the query column plus the top 10 (the indoor gallery may be smaller).
+    width = Image.open(run / "pictures" / "ranking_sysu_all.png").width
+    assert width == _MARGIN + 11 * (TILE_WIDTH + 2 * FRAME + _MARGIN) + _MARGIN
+    # The same drawing from the saved history gives identical curves.
+    history = json.loads((run / "clustering_history.json").read_text())
+    redrawn = ClusterQualityPictures(tmp_path, history=history).draw(_fake_trainer(tmp_path))
+    for path in redrawn:
+        assert np.array_equal(
+            np.asarray(Image.open(path)), np.asarray(Image.open(run / "pictures" / path.name))
+        )
 
 
 # -------------------------------------------------------------------- sweeps and launcher

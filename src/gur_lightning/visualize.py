@@ -463,7 +463,8 @@ def line_chart(
     legend_w = max(_text_size(draw, name, font)[0] for name in clean) + 30
     axes = _Axes(
         left=_MARGIN + label_w + 6,
-        top=_MARGIN + 2 * (text_h + 6),
+        # Title and y label above the plot, and room for half of the top tick label.
+        top=_MARGIN + 2 * (text_h + 6) + text_h,
         right=width - _MARGIN - legend_w - _MARGIN,
         bottom=height - _MARGIN - 2 * (text_h + 6),
         x_lo=x_lo,

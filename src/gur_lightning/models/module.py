@@ -376,7 +376,12 @@ class GURLitModule(L.LightningModule):
             finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return
-        last = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "")
+        # The run's phase-end checkpoint: ``last_model_path`` with ``save_last``, else the
+        # ``best_model_path`` of a monitor-less ModelCheckpoint (the newest file it wrote).
+        callbacks = getattr(trainer, "checkpoint_callbacks", None) or []
+        last = next(
+            (p for cb in callbacks for p in (cb.last_model_path, cb.best_model_path) if p), ""
+        )
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
         raise NonFiniteLossError(
             f"non-finite training loss {float(loss):.4g} ({terms or 'on another rank'}) in "
