@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -288,6 +289,39 @@ def prepare_data_once(dm: VIReIDDataModule) -> None:
         dm.wait_until_prepared()
 
 
+class SpawnedWorkerLogging(Callback):
+    """Give spawned DDP workers the parent's log level and log files.
+
+    A worker started by ``spawn`` begins with an unconfigured ``logging`` module, so the
+    clustering and phase messages of a ``trainer=ddp_cpu`` run would vanish. Rank 0 logs at the
+    parent's level to the console and the parent's log files; the other ranks only warnings.
+    Processes that already have handlers (the parent, re-launched or torchrun processes that
+    ran Hydra themselves) are left alone.
+    """
+
+    def __init__(self) -> None:
+        root = logging.getLogger()
+        self.level = root.level
+        self.files = [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Configure logging once in a worker that has none."""
+        root = logging.getLogger()
+        if root.handlers:
+            return
+        rank = trainer.global_rank
+        fmt = logging.Formatter(
+            f"[%(asctime)s][%(name)s][%(levelname)s] - rank {rank}: %(message)s"
+        )
+        handlers: list[logging.Handler] = [logging.StreamHandler()]
+        if rank == 0:
+            handlers += [logging.FileHandler(f, mode="a") for f in self.files]
+        for handler in handlers:
+            handler.setFormatter(fmt)
+            root.addHandler(handler)
+        root.setLevel(self.level if rank == 0 else max(self.level, logging.WARNING))
+
+
 def _fit_ran_in_other_processes(trainer: L.Trainer) -> bool:
     """True in the parent of Lightning's spawn/fork launcher after ``fit``.
 
@@ -350,6 +384,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     )
     module = build_module(cfg)
     recluster = build_reclustering(cfg, phases)
+    trainer_kwargs = build_trainer_kwargs(cfg)
     checkpoint_dir = output_dir / "checkpoints"
     callbacks = [
         *extra_callbacks,
@@ -367,6 +402,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             enable_version_counter=False,
         ),
     ]
+    strategy_cfg = cfg.trainer.get("strategy")
+    start = strategy_cfg.get("start_method", "") if isinstance(strategy_cfg, DictConfig) else ""
+    if "spawn" in str(start or strategy_cfg):
+        callbacks.append(SpawnedWorkerLogging())
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(PhaseProgressBar(phases))
     validation = None
@@ -380,7 +419,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         callbacks.append(validation)
     logger = instantiate(cfg.logger) if cfg.logger is not None else False
     trainer = L.Trainer(
-        **build_trainer_kwargs(cfg),
+        **trainer_kwargs,
         max_epochs=len(phases),
         callbacks=callbacks,
         logger=logger,

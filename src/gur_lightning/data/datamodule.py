@@ -312,17 +312,28 @@ class VIReIDDataModule(L.LightningDataModule):
         """
         # Build the samplers now so that an unusable clustering fails here, where the callback
         # can fall back, instead of inside Lightning's loader setup.
-        self._make_sampler(visible, self.visible_batch_size, num_batches, phase_index)
-        self._make_sampler(infrared, self.infrared_batch_size, num_batches, phase_index)
+        self._make_sampler(visible, "visible", self.visible_batch_size, num_batches, phase_index)
+        self._make_sampler(
+            infrared, "infrared", self.infrared_batch_size, num_batches, phase_index
+        )
         self._labelled = {"visible": visible, "infrared": infrared}
         self._num_batches = num_batches
         self._phase_index = phase_index
         self._skipped = False
 
     def _make_sampler(
-        self, labelled: LabelledSet, batch_size: int, num_batches: int, phase_index: int
+        self,
+        labelled: LabelledSet,
+        modality: Modality,
+        batch_size: int,
+        num_batches: int,
+        phase_index: int,
     ):
         from gur_lightning.data.samplers import IdentitySampler
+
+        # One seed per (phase, modality): with a shared seed the two streams would draw the same
+        # identity positions whenever both hold as many clusters (the reference draws them
+        # independently from the global generator).
 
         return IdentitySampler(
             list(labelled.labels),
@@ -330,7 +341,7 @@ class VIReIDDataModule(L.LightningDataModule):
             num_instances=self.num_instances,
             batch_size=batch_size,
             num_batches=num_batches,
-            seed=self.seed + _PHASE_SEED_STRIDE * phase_index,
+            seed=self.seed + _PHASE_SEED_STRIDE * phase_index + MODALITY_INDEX[modality],
         )
 
     def _train_loader(self, modality: Modality, rank: int) -> DataLoader:
@@ -353,7 +364,9 @@ class VIReIDDataModule(L.LightningDataModule):
                 build_train_transform(self.height, self.width, "infrared"),
             )
             batch_size = self.infrared_batch_size
-        sampler = self._make_sampler(labelled, batch_size, self._num_batches, self._phase_index)
+        sampler = self._make_sampler(
+            labelled, modality, batch_size, self._num_batches, self._phase_index
+        )
         # Workers seed torch from this generator (base seed + worker id), so worker-side
         # augmentations follow (seed, phase, rank, modality) whatever ran before.
         generator = torch.Generator().manual_seed(
