@@ -330,3 +330,71 @@ def test_ddp_run_against_one_process(ddp_and_single):
 #: 0.450 vs 0.437). The bound is a sanity check (no collapse, no systematic bias beyond seed
 #: noise), not an equivalence test: the smoke test sets hold 8-24 queries.
 MAP_TOLERANCE = 0.15
+
+
+#: Seconds rank 0 waits before exiting in the failure test (rank 1 needs milliseconds).
+RANK0_EXIT_DELAY_S = 5.0
+
+
+class FailOnRankZero(Callback):
+    """Make rank 0's clustering of one phase raise a non-clustering error (a bug, say).
+
+    Each worker writes the exception that leaves its re-clustering to ``error_rank<r>.txt``
+    (Lightning runs ``on_exception`` hooks in the spawn parent only, not in the workers).
+    """
+
+    def __init__(self, phase: int, out_dir: str) -> None:
+        self.phase = phase
+        self.out_dir = out_dir
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        import time
+
+        recluster = next(c for c in trainer.callbacks if isinstance(c, Reclustering))
+        cluster, prepare = recluster._cluster, recluster._prepare
+        phase_index, rank, out = self.phase, trainer.global_rank, Path(self.out_dir)
+
+        def failing_cluster(phase, samples, features):
+            if phase.index == phase_index and rank == 0:
+                raise KeyError("injected failure")
+            return cluster(phase, samples, features)
+
+        def reporting_prepare(*args, **kwargs):
+            try:
+                return prepare(*args, **kwargs)
+            except Exception as exc:
+                (out / f"error_rank{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+                if rank == 0:
+                    # The spawn parent terminates the other worker as soon as one exits with
+                    # an error: hold rank 0 back so that rank 1 can report what it received.
+                    time.sleep(RANK0_EXIT_DELAY_S)
+                raise
+
+        recluster._cluster = failing_cluster
+        recluster._prepare = reporting_prepare
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_failure_of_rank_zero_clustering_stops_every_rank(tmp_path):
+    import time
+
+    cfg = _cfg(
+        tmp_path / "data",
+        tmp_path / "run",
+        "trainer=ddp_cpu",
+        # If the error did not reach rank 1, it would wait in the broadcast until this timeout.
+        "trainer.strategy.timeout.minutes=5",
+        "eval.test_after_fit=false",
+    )
+    start = time.monotonic()
+    with pytest.raises(Exception, match="injected failure"):
+        train(cfg, extra_callbacks=[FailOnRankZero(phase=1, out_dir=str(tmp_path))])
+    assert time.monotonic() - start < 240  # well before the 5-minute collective timeout
+    # Rank 1 received rank 0's error through the broadcast: not a lost peer or a collective
+    # timeout (with NCCL, a peer that dies before a collective leaves the others hanging).
+    assert (tmp_path / "error_rank1.txt").read_text() == (
+        "RemoteError: rank 0 failed to cluster phase 1: KeyError: 'injected failure'"
+    )
+    # Rank 0 re-raised its own error.
+    assert (tmp_path / "error_rank0.txt").read_text() == "KeyError: 'injected failure'"

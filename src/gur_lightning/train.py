@@ -462,6 +462,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the first protocol's mAP for sweepers."""
     os.environ.setdefault("WANDB_MODE", "offline")
+    if launch_local_rank() != 0 or any(
+        int(os.environ.get(key, "0")) != 0 for key in ("RANK", "SLURM_PROCID")
+    ):
+        # Every DDP process runs this script and writes to the same job log: only rank 0
+        # reports progress, the others warnings and errors.
+        logging.getLogger("gur_lightning").setLevel(logging.WARNING)
     metrics = train(cfg)
     maps = [v for k, v in sorted(metrics.items()) if k.startswith("test/") and k.endswith("/mAP")]
     return maps[0] if maps else None
