@@ -154,9 +154,11 @@ def test_dbscan_finding_no_cluster_skips_the_phase_with_a_warning(tree, tmp_path
 
 def test_fewer_clusters_than_a_batch_needs_skips_with_a_warning(tree, tmp_path, caplog):
     # K = 2 images per identity: 200 infrared images need 100 pseudo-identities per batch, more
-    # than the ~50 training identities can give.
+    # than the ~50 training identities can give. With shrink_batch off the phase is skipped.
     with caplog.at_level(logging.WARNING, logger="gur_lightning"):
-        metrics = train(_cfg(tmp_path, *SHORT, "data.infrared_batch_size=200"))
+        metrics = train(
+            _cfg(tmp_path, *SHORT, "data.infrared_batch_size=200", "data.shrink_batch=false")
+        )
     assert "phase 0 (epoch 0 intra_camera v1/i3) skipped: IdentitySampler needs at least" in (
         caplog.text
     )
@@ -165,12 +167,17 @@ def test_fewer_clusters_than_a_batch_needs_skips_with_a_warning(tree, tmp_path, 
     assert 0.0 <= metrics["test/sysu_all/mAP"] <= 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a skipped phase installs an empty train loader and Lightning then ends the whole "
-    "fit ('Trainer.fit stopped: No training batches'), so the later phases never run; when the "
-    "first phase is skipped, GURLitModule.on_train_start would also raise (no memories yet)",
-)
+def test_fewer_clusters_than_a_batch_needs_lowers_the_batch(tree, tmp_path, caplog):
+    # The default: the phase trains on every pseudo-identity it has, with a warning.
+    with caplog.at_level(logging.WARNING, logger="gur_lightning"):
+        train(_cfg(tmp_path, *SHORT, "data.infrared_batch_size=200"))
+    assert "infrared pseudo-identities for P=100 per batch; batch lowered to" in caplog.text
+    history = _history(tmp_path)
+    assert not history[0]["skipped"]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] > 0
+
+
 def test_a_skipped_phase_does_not_end_training(tree, tmp_path, monkeypatch):
     from gur_lightning.callbacks.recluster import Reclustering
 

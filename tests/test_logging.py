@@ -535,11 +535,6 @@ def test_csv_logger_receives_losses_lr_cluster_stats_val_and_test(smoke_csv):
     assert values("val/holdout/mAP")[-1] == pytest.approx(metrics["val/holdout/mAP"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py logs the test metrics after fit but never flushes the logger; fixed when "
-    "train() calls gur_lightning.utils.loggers.finish_loggers(logger) in a finally block",
-)
 def test_csv_logger_receives_the_test_metrics(smoke_csv):
     run, _, metrics = smoke_csv
     rows = _read_csv(run / "csv" / "metrics.csv")

@@ -53,6 +53,10 @@ class DataConfig:
         infrared_batch_size: Infrared images per step and rank (256).
         num_workers: Loader worker processes.
         eval_batch_size: Batch size of feature extraction for clustering and evaluation.
+        shrink_batch: When a clustering finds fewer pseudo-identities than a batch needs, train
+            the phase on a smaller batch (all identities) instead of skipping it.
+        min_identities: Fewest pseudo-identities per batch and rank a shrunk batch may have;
+            below it the phase is skipped.
     """
 
     name: str = "sysu"
@@ -67,6 +71,8 @@ class DataConfig:
     infrared_batch_size: int = 256
     num_workers: int = 4
     eval_batch_size: int = 64
+    shrink_batch: bool = True
+    min_identities: int = 2
 
 
 @dataclass
@@ -260,6 +266,7 @@ def validate_config(cfg: DictConfig | TrainConfig) -> None:
     for key in ("height", "width", "num_instances", "eval_batch_size"):
         _check(getattr(d, key) > 0, f"data.{key}", getattr(d, key), "a positive integer")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+    _check(d.min_identities >= 1, "data.min_identities", d.min_identities, ">= 1")
     for key in ("visible_batch_size", "infrared_batch_size"):
         size = getattr(d, key)
         _check(

@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from gur_lightning.callbacks.pictures import build_picture_callbacks
 from gur_lightning.callbacks.recluster import Reclustering
 from gur_lightning.callbacks.validation import PeriodicValidation
 from gur_lightning.config import register_configs, validate_config
@@ -42,6 +43,7 @@ from gur_lightning.evaluation import (
     protocol_splits,
 )
 from gur_lightning.schedule import Phase, build_phases
+from gur_lightning.utils.loggers import finish_loggers
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -86,6 +88,8 @@ def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
         infrared_batch_size=d.infrared_batch_size,
         num_workers=d.num_workers,
         eval_batch_size=d.eval_batch_size,
+        shrink_batch=d.shrink_batch,
+        min_identities=d.min_identities,
         seed=cfg.seed,
     )
 
@@ -417,7 +421,32 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             checkpoint_dir=str(output_dir / "checkpoints"),
         )
         callbacks.append(validation)
+    callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
     logger = instantiate(cfg.logger) if cfg.logger is not None else False
+    try:
+        return _fit_and_test(
+            cfg, dm, module, recluster, validation, callbacks, trainer_kwargs, phases, logger
+        )
+    finally:
+        # Test metrics logged after fit reach metrics.csv only when the logger is saved again,
+        # and an unfinished W&B run would swallow the next multirun job (architecture.md §10.11).
+        finish_loggers(logger or None)
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    dm: VIReIDDataModule,
+    module: L.LightningModule,
+    recluster: Reclustering,
+    validation: PeriodicValidation | None,
+    callbacks: list[Callback],
+    trainer_kwargs: dict[str, Any],
+    phases: list[Phase],
+    logger: Any,
+) -> dict[str, float]:
+    """Fit, evaluate the last-epoch weights, write metrics.json (the body of :func:`train`)."""
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
     trainer = L.Trainer(
         **trainer_kwargs,
         max_epochs=len(phases),
@@ -460,7 +489,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the first protocol's mAP for sweepers."""
+    """Hydra entry point; returns the validation mAP (else the first test mAP) for sweepers."""
     os.environ.setdefault("WANDB_MODE", "offline")
     if launch_local_rank() != 0 or any(
         int(os.environ.get(key, "0")) != 0 for key in ("RANK", "SLURM_PROCID")
@@ -469,6 +498,10 @@ def main(cfg: DictConfig) -> float | None:
         # reports progress, the others warnings and errors.
         logging.getLogger("gur_lightning").setLevel(logging.WARNING)
     metrics = train(cfg)
+    # Sweepers (Optuna) optimise the returned value: the validation mAP when validation ran,
+    # never the test set's unless nothing else exists (then it is only a report).
+    if "val/holdout/mAP" in metrics:
+        return metrics["val/holdout/mAP"]
     maps = [v for k, v in sorted(metrics.items()) if k.startswith("test/") and k.endswith("/mAP")]
     return maps[0] if maps else None
 

@@ -483,7 +483,7 @@ class Reclustering(Callback):
             pl_module.set_memories(memories, result.routing)
         else:
             log.warning("phase %d (%s) skipped: %s", phase.index, phase.label, result.error)
-            dm.skip_phase()
+            dm.skip_phase(phase.iterations)
         self.installed = InstalledPhase(
             phase=phase.index,
             ok=ok,

@@ -30,10 +30,13 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from gur_lightning.data.samples import MODALITY_INDEX, Modality, Sample
-from gur_lightning.utils.distributed import get_rank
+from gur_lightning.utils.distributed import get_rank, get_world_size
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+#: Batch key of the placeholder batches of a skipped phase.
+SKIP_KEY = "skipped_phase"
 
 #: Seconds a non-zero local rank waits for local rank 0 to generate the SynVI tree (large trees
 #: take minutes on two cores).
@@ -104,6 +107,9 @@ class VIReIDDataModule(L.LightningDataModule):
         infrared_batch_size: Infrared images per step and rank.
         num_workers: Loader workers.
         eval_batch_size: Batch size for feature extraction.
+        shrink_batch: Lower a phase's batch when its clustering has fewer pseudo-identities
+            than a batch needs, instead of skipping the phase.
+        min_identities: Fewest identities per batch and rank a shrunk batch may have.
         seed: Seed of every training draw (combined with the phase index and the rank); >= 0.
 
     Under DDP every rank holds one DataModule: ``visible_batch_size`` and
@@ -126,6 +132,8 @@ class VIReIDDataModule(L.LightningDataModule):
         infrared_batch_size: int = 256,
         num_workers: int = 4,
         eval_batch_size: int = 64,
+        shrink_batch: bool = True,
+        min_identities: int = 2,
         seed: int = 1,
     ) -> None:
         super().__init__()
@@ -143,6 +151,9 @@ class VIReIDDataModule(L.LightningDataModule):
         self.infrared_batch_size = infrared_batch_size
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size
+        self.shrink_batch = shrink_batch
+        self.min_identities = min_identities
+        self._batch_sizes = {"visible": visible_batch_size, "infrared": infrared_batch_size}
         self.seed = seed
         self.dataset = None
         self._labelled: dict[Modality, LabelledSet] | None = None
@@ -310,16 +321,50 @@ class VIReIDDataModule(L.LightningDataModule):
             gur_lightning.data.samplers.NotEnoughClustersError: When a modality has fewer
                 pseudo-identities than one batch needs; nothing is installed then.
         """
+        sizes = {
+            "visible": self._phase_batch_size(
+                visible, "visible", self.visible_batch_size, phase_index
+            ),
+            "infrared": self._phase_batch_size(
+                infrared, "infrared", self.infrared_batch_size, phase_index
+            ),
+        }
         # Build the samplers now so that an unusable clustering fails here, where the callback
         # can fall back, instead of inside Lightning's loader setup.
-        self._make_sampler(visible, "visible", self.visible_batch_size, num_batches, phase_index)
-        self._make_sampler(
-            infrared, "infrared", self.infrared_batch_size, num_batches, phase_index
-        )
+        self._make_sampler(visible, "visible", sizes["visible"], num_batches, phase_index)
+        self._make_sampler(infrared, "infrared", sizes["infrared"], num_batches, phase_index)
+        self._batch_sizes = sizes
         self._labelled = {"visible": visible, "infrared": infrared}
         self._num_batches = num_batches
         self._phase_index = phase_index
         self._skipped = False
+
+    def _phase_batch_size(
+        self, labelled: LabelledSet, modality: Modality, batch_size: int, phase_index: int
+    ) -> int:
+        """The configured batch, or a smaller one when the clustering has too few identities.
+
+        Early clusterings (random-init features, one camera) can find fewer pseudo-identities
+        than P = batch / K. The reference then crashes (method.md §17.24); with
+        ``shrink_batch`` the phase trains on every identity it has, P' = clusters // world per
+        rank, as long as P' >= ``min_identities``; otherwise the sampler refuses and the phase
+        is skipped.
+        """
+        world = max(1, get_world_size())
+        wanted = batch_size // self.num_instances
+        available = len(set(labelled.labels)) // world
+        if not self.shrink_batch or available >= wanted or available < self.min_identities:
+            return batch_size
+        log.warning(
+            "phase %d: %d %s pseudo-identities for P=%d per batch; batch lowered to %d x %d",
+            phase_index,
+            len(set(labelled.labels)),
+            modality,
+            wanted,
+            available,
+            self.num_instances,
+        )
+        return available * self.num_instances
 
     def _make_sampler(
         self,
@@ -356,14 +401,13 @@ class VIReIDDataModule(L.LightningDataModule):
                 build_train_transform(self.height, self.width, "visible", view=1),
                 second_transform=build_train_transform(self.height, self.width, "visible", view=2),
             )
-            batch_size = self.visible_batch_size
         else:
             dataset = PseudoLabelDataset(
                 labelled.samples,
                 labelled.labels,
                 build_train_transform(self.height, self.width, "infrared"),
             )
-            batch_size = self.infrared_batch_size
+        batch_size = self._batch_sizes[modality]
         sampler = self._make_sampler(
             labelled, modality, batch_size, self._num_batches, self._phase_index
         )
@@ -398,7 +442,10 @@ class VIReIDDataModule(L.LightningDataModule):
         """
         if self._labelled is None:
             if self._skipped:
-                return CombinedLoader({"visible": [], "infrared": []}, mode="min_size")
+                # Placeholder batches, not an empty loader: Lightning ends the whole fit on an
+                # epoch without batches. GURLitModule.training_step returns None for them, so
+                # the phase takes no optimiser step and the schedule goes on.
+                return CombinedLoader({SKIP_KEY: range(self._num_batches)}, mode="min_size")
             raise RuntimeError(
                 "VIReIDDataModule has no pseudo-labels: is the Reclustering callback configured?"
             )
@@ -409,11 +456,20 @@ class VIReIDDataModule(L.LightningDataModule):
             mode="min_size",
         )
 
-    def skip_phase(self) -> None:
-        """Install an empty phase (the callback found no usable clustering)."""
+    def skip_phase(self, num_batches: int = 1) -> None:
+        """Install a skipped phase (the callback found no usable clustering).
+
+        Args:
+            num_batches: Length of the phase; its batches are placeholders without images.
+        """
         self._labelled = None
-        self._num_batches = 0
+        self._num_batches = max(1, num_batches)
         self._skipped = True
+
+    @property
+    def phase_skipped(self) -> bool:
+        """True while the installed phase is a skipped one."""
+        return self._skipped
 
     def state_dict(self) -> dict:
         """Nothing to save: the re-clustering callback checkpoints and re-installs the labels."""

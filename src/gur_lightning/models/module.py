@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gur_lightning.data import MODALITIES, MODALITY_INDEX
+from gur_lightning.data.datamodule import SKIP_KEY
 from gur_lightning.models.losses import adc_loss, duplicate_views
 from gur_lightning.models.memory import MEMORY_MOMENTUM, TEMPERATURE, ClusterMemory, UpdateMode
 from gur_lightning.utils.distributed import gather_tensors
@@ -274,6 +275,9 @@ class GURLitModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Fail loudly when nothing installed memories, and put them on this device."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if not self._memories and getattr(datamodule, "phase_skipped", False):
+            return  # the first phase found no usable clustering: it trains nothing
         if not self._memories:
             raise RuntimeError(
                 "GURLitModule: no cluster memories are set at the start of training. "
@@ -293,7 +297,9 @@ class GURLitModule(L.LightningModule):
         """Apply the channels-last option to an input batch."""
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
-    def training_step(self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int) -> Tensor:
+    def training_step(
+        self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int
+    ) -> Tensor | None:
         """One ADC step (method.md §6.2).
 
         Args:
@@ -303,9 +309,12 @@ class GURLitModule(L.LightningModule):
             batch_idx: Index of the batch in the phase.
 
         Returns:
-            The weighted loss.
+            The weighted loss, or None for the placeholder batches of a skipped phase (the
+            re-clustering found nothing usable): Lightning then takes no optimiser step.
         """
         self._pending = []
+        if SKIP_KEY in batch:
+            return None
         if not self._memories:
             raise RuntimeError("GURLitModule.training_step: no memories set (see set_memories)")
         images: dict[str, Tensor] = {}
