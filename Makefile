@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 export WANDB_MODE ?= disabled
 
-.PHONY: help install demo test test-full bench lint format clean
+.PHONY: help install demo test test-full bench lint format clean results
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -46,3 +46,6 @@ format: $(STAMP) ## apply ruff fixes and formatting
 clean: ## remove the venv, caches and generated outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info outputs logs bench_results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+results: $(STAMP) ## every row of the README's SynVI table (about 40 min on 2 cores); results/synvi/table.md
+	$(PY) -m gur_lightning.results --out results/synvi --jobs 2

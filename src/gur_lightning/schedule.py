@@ -64,11 +64,14 @@ class InterModalityConfig:
         enabled: Run the stage at all.
         iterations: Optimiser steps of the phase (reference: 200 SYSU, 100 RegDB).
         end_epoch: The stage runs while ``gur_epoch < end_epoch`` (reference: 40 SYSU, 25 RegDB).
+        modality_cae: Cluster modality-level CAE vectors built on the stage-2 memories (the
+            reference) instead of the raw features (the "without CAE" ablation).
     """
 
     enabled: bool = True
     iterations: int = 200
     end_epoch: int = 40
+    modality_cae: bool = True
 
 
 @dataclass
@@ -125,6 +128,7 @@ class Phase:
         visible_camera: Stage 1 only: the data set's number of the visible camera clustered.
         infrared_camera: Stage 1 only: the infrared camera clustered.
         camera_cae: Stage 2: cluster camera-level CAE vectors instead of raw features.
+        modality_cae: Stage 3: cluster modality-level CAE vectors instead of raw features.
         cmlu: Stage 2: propagate infrared labels to visible samples, which then train against
             the infrared memory (method.md §9.3, §17.3).
         smooth: Stage 2: smooth the propagated labels over the visible kNN graph.
@@ -138,6 +142,7 @@ class Phase:
     visible_camera: int | None = None
     infrared_camera: int | None = None
     camera_cae: bool = False
+    modality_cae: bool = False
     cmlu: bool = False
     smooth: bool = False
     last_of_epoch: bool = False
@@ -257,7 +262,11 @@ def build_phases(
             )
         if cfg.inter_modality.enabled and epoch < cfg.inter_modality.end_epoch:
             epoch_phases.append(
-                dict(stage="inter_modality", iterations=cfg.inter_modality.iterations)
+                dict(
+                    stage="inter_modality",
+                    iterations=cfg.inter_modality.iterations,
+                    modality_cae=cfg.inter_modality.modality_cae,
+                )
             )
         for j, kwargs in enumerate(epoch_phases):
             phases.append(

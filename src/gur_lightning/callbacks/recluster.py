@@ -563,7 +563,7 @@ class Reclustering(Callback):
             # Stage 3 clusters modality-level CAE vectors built on the stage-2 memories (§8.2).
             rep = (
                 cae_embedding(joint, protos, temperature=self.cae_temperature)
-                if len(protos) == 2
+                if phase.modality_cae and len(protos) == 2
                 else joint
             )
             labels = self._cluster_labels(rep, eps)
