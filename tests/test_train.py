@@ -102,3 +102,45 @@ def test_sweep_of_two_jobs_through_subprocess(tmp_path):
         metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
         assert "test/sysu_all/mAP" in metrics
         assert (tmp_path / "sweep" / job / ".hydra" / "config.yaml").is_file()
+
+
+def _eval_cfg(tmp_path: Path, *overrides: str):
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            "eval",
+            overrides=[
+                "+experiment=smoke",
+                f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.output_dir={tmp_path / 'eval'}",
+                *overrides,
+            ],
+        )
+
+
+def test_evaluate_command_reproduces_the_training_run_metrics(smoke_run):
+    from gur_lightning.evaluate import evaluate
+
+    tmp, metrics = smoke_run
+    ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
+    evaluated = evaluate(_eval_cfg(tmp, f"ckpt={ckpt}"))
+    # The checkpoint holds the last phase's weights: the same numbers as the run's own test.
+    for key in ("test/sysu_all/mAP", "test/sysu_all/rank1", "test/sysu_indoor/mINP"):
+        assert evaluated[key] == pytest.approx(metrics[key], abs=1e-6)
+    saved = json.loads((tmp / "eval" / "metrics.json").read_text())
+    assert saved["test/sysu_all/trials"] == 2
+
+
+def test_evaluate_baselines_and_errors(smoke_run):
+    from gur_lightning.config import ConfigError
+    from gur_lightning.evaluate import evaluate
+
+    tmp, _ = smoke_run
+    raw = evaluate(_eval_cfg(tmp, "features=raw_pixels"))
+    assert 0.0 <= raw["test/sysu_all/mAP"] <= 1.0
+    with pytest.raises(ConfigError, match="features=model needs ckpt"):
+        evaluate(_eval_cfg(tmp))
+    with pytest.raises(FileNotFoundError, match="no-such.ckpt"):
+        evaluate(_eval_cfg(tmp, f"ckpt={tmp / 'no-such.ckpt'}"))
+    with pytest.raises(ConfigError, match="features='pixels'"):
+        evaluate(_eval_cfg(tmp, "features=pixels"))
