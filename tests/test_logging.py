@@ -56,9 +56,20 @@ from gur_lightning.visualize import (
 ROOT = Path(CONF_DIR).parent
 #: Visible and infrared camera numbers of a SYSU-layout tree.
 CAMS = ([1, 2, 4, 5], [3, 6])
-HAS_WANDB = importlib.util.find_spec("wandb") is not None
-HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
-HAS_SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+
+
+def _installed(module: str) -> bool:
+    # find_spec of a dotted name imports its parents and raises when a parent is missing
+    # (no Hydra plugin at all installed: no `hydra_plugins` namespace).
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+HAS_WANDB = _installed("wandb")
+HAS_OPTUNA = _installed("hydra_plugins.hydra_optuna_sweeper")
+HAS_SUBMITIT = _installed("hydra_plugins.hydra_submitit_launcher")
 
 
 def _compose(*overrides: str, hydra_cfg: bool = False):
