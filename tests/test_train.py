@@ -144,3 +144,17 @@ def test_evaluate_baselines_and_errors(smoke_run):
         evaluate(_eval_cfg(tmp, f"ckpt={tmp / 'no-such.ckpt'}"))
     with pytest.raises(ConfigError, match="features='pixels'"):
         evaluate(_eval_cfg(tmp, "features=pixels"))
+
+
+def test_validation_state_survives_a_checkpoint(smoke_run):
+    import torch
+
+    from gur_lightning.callbacks.validation import PeriodicValidation
+
+    tmp, metrics = smoke_run
+    ckpt = torch.load(tmp / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if "PeriodicValidation" in k]
+    restored = PeriodicValidation([], 1, None)
+    restored.load_state_dict(state)
+    assert restored.best_map == pytest.approx(metrics["val/holdout/mAP_best"])
+    assert len(restored.history) >= 1

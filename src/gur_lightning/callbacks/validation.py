@@ -54,6 +54,15 @@ class PeriodicValidation(Callback):
         self.history: list[dict[str, float]] = []
         self.best_map = float("-inf")
 
+    def state_dict(self) -> dict:
+        """History and best mAP travel in checkpoints, so a resumed run keeps its selection."""
+        return {"history": list(self.history), "best_map": self.best_map}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.history = list(state_dict.get("history", []))
+        self.best_map = float(state_dict.get("best_map", float("-inf")))
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Validate after the last phase of every ``every_n_epochs``-th GUR epoch."""
         phase = self.phases[trainer.current_epoch]
