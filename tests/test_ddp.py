@@ -15,17 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback
 from omegaconf import read_write
 
 from gur_lightning.callbacks.recluster import Reclustering
-from gur_lightning.config import register_configs
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import evaluate_splits, protocol_splits
 from gur_lightning.train import (
-    CONF_DIR,
     _guard_multirun_ddp,
     build_trainer_kwargs,
     launch_local_rank,
@@ -34,22 +31,11 @@ from gur_lightning.train import (
     prepare_data_once,
     train,
 )
+from tests.helpers import smoke_config
 
 
 def _cfg(data_dir: Path, out: Path, *overrides: str, hydra: bool = False):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "+experiment=smoke",
-                "~logger",
-                f"paths.data_dir={data_dir}",
-                f"paths.output_dir={out}",
-                *overrides,
-            ],
-            return_hydra_config=hydra,
-        )
+    return smoke_config(data_dir, out, "~logger", *overrides, return_hydra_config=hydra)
 
 
 # --------------------------------------------------------------------------- multirun guard

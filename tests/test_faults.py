@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from gur_lightning.config import ConfigError, register_configs
+from gur_lightning.config import ConfigError
 from gur_lightning.data.readers import DatasetLayoutError, DatasetPathMissingError, ImageReadError
 from gur_lightning.models import module as module_mod
 from gur_lightning.models.module import NonFiniteLossError
 from gur_lightning.train import CONF_DIR, build_datamodule, train
+from tests.helpers import smoke_config
 
 ROOT = Path(CONF_DIR).parent
 #: One GUR epoch through the three stages: 4 intra-camera phases, stage 2, stage 3.
@@ -32,17 +32,7 @@ SHORT = ("schedule.epochs=1", "eval.max_trials=1")
 
 
 def _cfg(tmp: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "+experiment=smoke",
-                f"paths.data_dir={tmp / 'data'}",
-                f"paths.output_dir={tmp / 'run'}",
-                *overrides,
-            ],
-        )
+    return smoke_config(tmp / "data", tmp / "run", *overrides)
 
 
 @pytest.fixture(scope="module")

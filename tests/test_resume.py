@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 
 from gur_lightning.callbacks.recluster import Reclustering, ResumeError
-from gur_lightning.config import register_configs
-from gur_lightning.train import CONF_DIR, train
+from gur_lightning.train import train
+from tests.helpers import smoke_config
 
 
 class StopAfterPhase(Callback):
@@ -33,18 +32,7 @@ class StopAfterPhase(Callback):
 
 
 def _cfg(data_dir: Path, out: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "+experiment=smoke",
-                "~logger",
-                f"paths.data_dir={data_dir}",
-                f"paths.output_dir={out}",
-                *overrides,
-            ],
-        )
+    return smoke_config(data_dir, out, "~logger", *overrides)
 
 
 def _history(run: Path) -> list[dict]:

@@ -8,26 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from gur_lightning.config import register_configs
 from gur_lightning.train import CONF_DIR, train
+from tests.helpers import smoke_config
 
 ROOT = Path(CONF_DIR).parent
 
 
 def _smoke_cfg(tmp_path: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "+experiment=smoke",
-                f"paths.data_dir={tmp_path / 'data'}",
-                f"paths.output_dir={tmp_path / 'run'}",
-                *overrides,
-            ],
-        )
+    return smoke_config(tmp_path / "data", tmp_path / "run", *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +94,7 @@ def test_sweep_of_two_jobs_through_subprocess(tmp_path):
 
 
 def _eval_cfg(tmp_path: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "eval",
-            overrides=[
-                "+experiment=smoke",
-                f"paths.data_dir={tmp_path / 'data'}",
-                f"paths.output_dir={tmp_path / 'eval'}",
-                *overrides,
-            ],
-        )
+    return smoke_config(tmp_path / "data", tmp_path / "eval", *overrides, config_name="eval")
 
 
 def test_evaluate_command_reproduces_the_training_run_metrics(smoke_run):
