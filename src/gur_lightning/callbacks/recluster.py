@@ -537,8 +537,7 @@ class Reclustering(Callback):
         from gur_lightning.clustering import (
             cae_embedding,
             cluster_centroids,
-            propagate_labels,
-            smooth_labels,
+            cmlu,
         )
 
         eps = self.eps[phase.stage]
@@ -604,14 +603,13 @@ class Reclustering(Callback):
         if phase.cmlu:
             # CMLU (§9): the visible samples take infrared cluster ids and train against the
             # infrared memory; the visible memory stays for stage 3's CAE prototypes (§17.3).
-            vis = propagate_labels(
+            vis = cmlu(
                 features["visible"],
                 features["infrared"],
                 torch.as_tensor(labels["infrared"]),
                 topk=self.cmlu_topk,
+                smooth=phase.smooth,
             )
-            if phase.smooth:
-                vis = smooth_labels(features["visible"], vis, topk=self.cmlu_topk)
             labels["visible"] = np.asarray(vis)
             self._require_clusters(labels["visible"], "visible after CMLU")
             result.routing = {"visible": "infrared", "infrared": "infrared"}
