@@ -53,6 +53,8 @@ def test_wrong_type_fails_at_composition():
         ("data.trial=11", "data.trial"),
         ("model.memory.momentum=1.5", "model.memory.momentum"),
         ("schedule.epochs=0", "schedule.epochs"),
+        ("data.augment.pad=-1", "data.augment.pad"),
+        ("data.augment.erasing_p=1.5", "data.augment.erasing_p"),
         ("+trainer.max_epochs=3", "trainer.max_epochs"),
     ],
 )

@@ -37,6 +37,27 @@ class SynVIConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentations (method.md §4; Hydra key ``data.augment``).
+
+    The reference's values are tuned for 288 x 144 inputs: its 10-pixel pad shifts the person by
+    up to 7 % of the width. Smaller inputs should scale the pad with the width (SynVI's 64 x 32:
+    2 pixels), or the random crop moves the person by a third of the image.
+
+    Attributes:
+        pad: Zero padding on every side before the random crop (reference 10).
+        flip_p: Horizontal-flip probability (0.5).
+        erasing_p: ``ChannelRandomErasing`` probability (0.5).
+        adap_gray_p: Grey probability inside the infrared ``ChannelAdapGray`` (0.5).
+    """
+
+    pad: int = 10
+    flip_p: float = 0.5
+    erasing_p: float = 0.5
+    adap_gray_p: float = 0.5
+
+
+@dataclass
 class DataConfig:
     """The data set and the loaders (Hydra group ``data``).
 
@@ -57,6 +78,7 @@ class DataConfig:
             the phase on a smaller batch (all identities) instead of skipping it.
         min_identities: Fewest pseudo-identities per batch and rank a shrunk batch may have;
             below it the phase is skipped.
+        augment: Training augmentations.
     """
 
     name: str = "sysu"
@@ -73,6 +95,7 @@ class DataConfig:
     eval_batch_size: int = 64
     shrink_batch: bool = True
     min_identities: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -267,6 +290,10 @@ def validate_config(cfg: DictConfig | TrainConfig) -> None:
         _check(getattr(d, key) > 0, f"data.{key}", getattr(d, key), "a positive integer")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
     _check(d.min_identities >= 1, "data.min_identities", d.min_identities, ">= 1")
+    _check(d.augment.pad >= 0, "data.augment.pad", d.augment.pad, ">= 0")
+    for key in ("flip_p", "erasing_p", "adap_gray_p"):
+        value = getattr(d.augment, key)
+        _check(0 <= value <= 1, f"data.augment.{key}", value, "a probability in [0, 1]")
     for key in ("visible_batch_size", "infrared_batch_size"):
         size = getattr(d, key)
         _check(

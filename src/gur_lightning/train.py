@@ -90,6 +90,7 @@ def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
         eval_batch_size=d.eval_batch_size,
         shrink_batch=d.shrink_batch,
         min_identities=d.min_identities,
+        augment=OmegaConf.to_container(d.augment, resolve=True),
         seed=cfg.seed,
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,9 @@ from gur_lightning.utils.distributed import get_rank, get_world_size
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+#: Training-augmentation knobs the DataModule passes to ``build_train_transform``.
+_AUGMENT_KEYS = frozenset({"pad", "flip_p", "erasing_p", "adap_gray_p"})
 
 #: Batch key of the placeholder batches of a skipped phase.
 SKIP_KEY = "skipped_phase"
@@ -110,6 +113,10 @@ class VIReIDDataModule(L.LightningDataModule):
         shrink_batch: Lower a phase's batch when its clustering has fewer pseudo-identities
             than a batch needs, instead of skipping the phase.
         min_identities: Fewest identities per batch and rank a shrunk batch may have.
+        augment: Keyword arguments of the training pipelines
+            (:func:`~gur_lightning.data.transforms.build_train_transform`): ``pad``, ``flip_p``,
+            ``erasing_p`` and ``adap_gray_p`` (infrared only); missing keys keep the reference's
+            values.
         seed: Seed of every training draw (combined with the phase index and the rank); >= 0.
 
     Under DDP every rank holds one DataModule: ``visible_batch_size`` and
@@ -134,6 +141,7 @@ class VIReIDDataModule(L.LightningDataModule):
         eval_batch_size: int = 64,
         shrink_batch: bool = True,
         min_identities: int = 2,
+        augment: Mapping[str, Any] | None = None,
         seed: int = 1,
     ) -> None:
         super().__init__()
@@ -153,6 +161,13 @@ class VIReIDDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.shrink_batch = shrink_batch
         self.min_identities = min_identities
+        self.augment = dict(augment or {})
+        unknown = set(self.augment) - _AUGMENT_KEYS
+        if unknown:
+            raise ValueError(
+                f"VIReIDDataModule: unknown augment keys {sorted(unknown)}; "
+                f"expected some of {sorted(_AUGMENT_KEYS)}"
+            )
         self._batch_sizes = {"visible": visible_batch_size, "infrared": infrared_batch_size}
         self.seed = seed
         self.dataset = None
@@ -394,18 +409,21 @@ class VIReIDDataModule(L.LightningDataModule):
         from gur_lightning.data.transforms import build_train_transform
 
         labelled = self._labelled[modality]
+        aug = {key: value for key, value in self.augment.items() if key != "adap_gray_p"}
         if modality == "visible":
             dataset = PseudoLabelDataset(
                 labelled.samples,
                 labelled.labels,
-                build_train_transform(self.height, self.width, "visible", view=1),
-                second_transform=build_train_transform(self.height, self.width, "visible", view=2),
+                build_train_transform(self.height, self.width, "visible", view=1, **aug),
+                second_transform=build_train_transform(
+                    self.height, self.width, "visible", view=2, **aug
+                ),
             )
         else:
             dataset = PseudoLabelDataset(
                 labelled.samples,
                 labelled.labels,
-                build_train_transform(self.height, self.width, "infrared"),
+                build_train_transform(self.height, self.width, "infrared", **self.augment),
             )
         batch_size = self._batch_sizes[modality]
         sampler = self._make_sampler(
