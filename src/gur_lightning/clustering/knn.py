@@ -70,6 +70,8 @@ MERGE_ROWS = 8192
 """Rows per padded merge: bounds the merge's temporaries to ~10 MB per (depth + width) column."""
 INT8_MAX_DIM = (2**31 - 1) // (127 * 127)
 """Largest dimension whose int8 products cannot overflow the int32 accumulator."""
+MIN_DIAGONAL_SPLIT = 256
+"""Smallest half of a diagonal block computed as a triangle: below it one product is cheaper."""
 FLOAT64_SHORTLIST_SLACK = 1e-9
 """Slack of a full float64 row recompute: candidates within it of the cut are re-ranked exactly."""
 
@@ -355,6 +357,24 @@ class _ProposalProduct:
             return g.numpy()
         return torch.mm(self.xs[s:e], self.xs[t:u].t()).float().numpy()
 
+    def diagonal(self, s: int, e: int, buf: torch.Tensor) -> np.ndarray:
+        """(e - s, e - s) float32 numpy block ``X_I X_I^T`` for three quarters of the work.
+
+        The block is symmetric: the top half of its rows is multiplied against all of its
+        columns, the bottom-right quarter on its own, and the bottom-left quarter is the
+        transpose of the top-right one. The diagonal blocks are 1 / (blocks + 1) of a
+        symmetric Gram matrix's products, so this saves about 4 % of the kNN at N = 10,000.
+        """
+        size = e - s
+        if self.proposal is not None or size < 2 * MIN_DIAGONAL_SPLIT:
+            return self.block(s, e, s, e, buf)
+        half = size // 2
+        out = buf[:size, :size]
+        torch.mm(self.xs[s : s + half], self.xs[s:e].t(), out=out[:half])
+        out[half:, half:] = torch.mm(self.xs[s + half : e], self.xs[s + half : e].t())
+        out[half:, :half] = out[:half, half:].t()
+        return out.numpy()
+
     def outsider_bound(self, norms: np.ndarray) -> np.ndarray:
         """(N,) float64 bound on the key error ``2 |g_ij - p_ij|`` plus key rounding, any j."""
         dim = self.x.shape[1]
@@ -400,7 +420,7 @@ def _blocked_cpu_pool(
     pending = _PendingCandidates(pool, max(FLUSH_ENTRIES_MIN, FLUSH_ENTRIES_PER_ROW * n))
     for s, t in pairs:
         e, u = min(s + block, n), min(t + block, n)
-        g = product.block(s, e, t, u, buf)
+        g = product.diagonal(s, e, buf) if s == t else product.block(s, e, t, u, buf)
         _scan_block(pool, pending, g, s, t, norms, masks)
     pending.flush()
     return pool
@@ -434,6 +454,19 @@ def _scan_block(
         kk = min(pool.depth, cols_b)
         theta = np.partition(key, cols_b - kk, axis=1)[:, cols_b - kk]
         np.greater_equal(key, theta[:, None], out=mask)
+        counts = mask.sum(axis=1)
+        if (counts == kk).all():
+            # The usual case, no tie at the kk-th key: every row holds exactly kk candidates
+            # and its pool is still empty, so they are written directly, sorted by key (a
+            # stable sort keeps the lower index first on ties, as the merge would).
+            cols = np.flatnonzero(mask).reshape(rows_b, kk) % cols_b
+            cand = np.take_along_axis(key, cols, axis=1)
+            order = np.argsort(-cand, axis=1, kind="stable")
+            cols = np.take_along_axis(cols, order, axis=1)
+            pool.key[s:e, :kk] = np.take_along_axis(cand, order, axis=1)
+            pool.idx[s:e, :kk] = cols + t
+            pool.dot[s:e, :kk] = np.take_along_axis(g, cols, axis=1)
+            return
         flat = np.flatnonzero(mask)
         r, c = np.divmod(flat, cols_b)
         pool.merge(r + s, c + t, key.reshape(-1)[flat], g.reshape(-1)[flat])
