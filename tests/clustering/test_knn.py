@@ -148,3 +148,26 @@ def test_cuda_matches_cpu():
     gpu = exact_knn(torch.from_numpy(x).cuda(), 30, boundaries=(6, 16, 30))
     assert gpu.backend == "torch-cuda"
     assert _sets_equal(cpu.indices, gpu.indices, (6, 16, 30))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_pipelined_workers_give_the_serial_result(threads):
+    """T workers multiply blocks on one thread each and scan in turn: same pool, same truth."""
+    from gur_lightning.clustering import knn as knn_module
+
+    x = _clustered(600, 20, seed=3)
+    x[[5, 300, 599]] = x[2]  # exact duplicates across blocks
+    norms = (x * x).sum(1)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None)
+        torch.set_num_threads(threads)
+        pooled = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None)
+        assert torch.get_num_threads() == threads  # the caller's thread count is restored
+        res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=64)
+    finally:
+        torch.set_num_threads(saved)
+    np.testing.assert_array_equal(pooled.idx, serial.idx)
+    np.testing.assert_array_equal(pooled.key, serial.key)
+    assert _sets_equal(res.indices, reference_knn(x, 30), (6, 16, 30))
