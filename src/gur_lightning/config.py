@@ -193,11 +193,14 @@ class EvalConfig:
         val_every_n_epochs: Validation (never on the test set) every N GUR epochs; 0 disables.
         test_after_fit: Run the data set's full test protocol on the last-epoch weights.
         max_trials: Use only the first N gallery trials (None: all, as published tables).
+        within_modality: Also report the within-modality diagnostic (visible -> visible and
+            infrared -> infrared on the test identities, Market-style; method.md §13.4).
     """
 
     val_every_n_epochs: int = 0
     test_after_fit: bool = True
     max_trials: int | None = None
+    within_modality: bool = False
 
 
 @dataclass

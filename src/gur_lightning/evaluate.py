@@ -92,7 +92,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if cfg.features == "model":
             load_checkpoint_weights(module, cfg.ckpt)
         featurize = model_featurizer(module, dm)
-    splits = protocol_splits(dm.dataset, max_trials=cfg.eval.max_trials)
+    splits = protocol_splits(
+        dm.dataset,
+        max_trials=cfg.eval.max_trials,
+        within_modality=cfg.eval.within_modality,
+    )
     metrics = evaluate_splits(splits, featurize, prefix="test")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gur_lightning.data.samples import Sample
+from gur_lightning.data.samples import MODALITIES, Sample
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -22,6 +22,9 @@ log = get_logger(__name__)
 METRIC_NAMES: tuple[str, ...] = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
 FeatureFn = Callable[[Sequence[Sample]], torch.Tensor]
+
+#: Name prefix of the within-modality diagnostic settings (``within_visible``...).
+WITHIN_MODALITY_PREFIX = "within_"
 
 
 @torch.no_grad()
@@ -65,7 +68,15 @@ def _score(
     g_pids = np.array([s.pid for s in g])
     q_cams = np.array([s.camid for s in q])
     g_cams = np.array([s.camid for s in g])
-    if protocol.startswith("sysu"):
+    if protocol.startswith(WITHIN_MODALITY_PREFIX):
+        from gur_lightning.metrics import evaluate_rank
+
+        if len(set(q_cams.tolist()) | set(g_cams.tolist())) == 1:
+            # One camera (RegDB): every other image of the modality is a candidate; giving
+            # each image its own camera makes the market rule drop only the query itself.
+            q_cams = g_cams = np.arange(len(q))
+        res = evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, protocol="market")
+    elif protocol.startswith("sysu"):
         res = evaluate_sysu(distmat, q_pids, g_pids, q_cams, g_cams)
     elif protocol.startswith("llcm"):
         res = evaluate_llcm(distmat, q_pids, g_pids, q_cams, g_cams)
@@ -119,13 +130,18 @@ def evaluate_splits(
 
 
 def protocol_splits(
-    dataset, *, max_trials: int | None = None
+    dataset, *, max_trials: int | None = None, within_modality: bool = False
 ) -> dict[str, list[tuple[list[Sample], list[Sample]]]]:
     """The (query, gallery) lists of every official protocol of a data set, per trial.
 
     Args:
         dataset: A data set returned by :func:`gur_lightning.data.load_dataset`.
         max_trials: Keep only the first N trials of each protocol (None: all).
+        within_modality: Add the diagnostic ``within_visible`` and ``within_infrared``
+            settings (method.md §13.4, logged only by the reference): every test image of a
+            modality queries all the others, Market-style (same identity in the same camera
+            removed; with a single camera only the query itself). They separate "the network
+            does not tell people apart" from "it does, but not across the modality gap".
 
     Returns:
         Protocol name (``sysu_all``, ``regdb_v2t``...) -> list of (query, gallery) per trial.
@@ -139,6 +155,10 @@ def protocol_splits(
         splits[proto["name"]] = [
             dataset.test_split(**kwargs, **({} if t is None else {"trial": t})) for t in trials
         ]
+    if within_modality:
+        for modality in MODALITIES:
+            samples = dataset.test_samples(modality)
+            splits[f"{WITHIN_MODALITY_PREFIX}{modality}"] = [(samples, samples)]
     return splits
 
 
@@ -147,7 +167,7 @@ def format_table(metrics: dict[str, float], prefix: str = "test") -> str:
     names = sorted(
         {k.split("/")[1] for k in metrics if k.startswith(prefix + "/") and k.count("/") == 2}
     )
-    header = f"{'protocol':<14}" + "".join(f"{m:>15}" for m in METRIC_NAMES)
+    header = f"{'protocol':<16}" + "".join(f"{m:>15}" for m in METRIC_NAMES)
     lines = [header, "-" * len(header)]
     for name in names:
         cells = []
@@ -157,5 +177,5 @@ def format_table(metrics: dict[str, float], prefix: str = "test") -> str:
             cells.append(
                 f"{100 * mean:>8.2f} ± {100 * std:4.2f}" if mean is not None else " " * 15
             )
-        lines.append(f"{name:<14}" + "".join(cells))
+        lines.append(f"{name:<16}" + "".join(cells))
     return "\n".join(lines)

@@ -464,7 +464,11 @@ def _fit_and_test(
 
     metrics: dict[str, float] = {}
     if cfg.eval.test_after_fit:
-        splits = protocol_splits(dm.dataset, max_trials=cfg.eval.max_trials)
+        splits = protocol_splits(
+            dm.dataset,
+            max_trials=cfg.eval.max_trials,
+            within_modality=cfg.eval.within_modality,
+        )
         metrics.update(evaluate_splits(splits, model_featurizer(module, dm), prefix="test"))
     metrics.update(last_cluster_stats(recluster.history))
     if validation is not None and validation.history:

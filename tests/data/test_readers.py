@@ -522,3 +522,41 @@ def test_read_image_errors_name_the_path(tmp_path: Path) -> None:
         assert str(path) in str(err.value) and err.value.path == str(path)
     copy = pickle.loads(pickle.dumps(err.value))
     assert isinstance(copy, ImageReadError) and str(copy) == str(err.value)
+
+
+# ------------------------------------------------------------- within-modality test images
+
+
+def test_sysu_test_samples_are_every_test_image_of_the_modality(sysu_root: Path) -> None:
+    ds = load_dataset("sysu", sysu_root)
+    for modality, cams in (("visible", (1, 2, 4, 5)), ("infrared", (3, 6))):
+        on_disk = sorted(
+            str(p)
+            for cam in cams
+            for pid in SYSU_TEST
+            for p in (sysu_root / f"cam{cam}" / f"{pid:04d}").glob("*.jpg")
+        )
+        got = ds.test_samples(modality)
+        assert _paths(got) == _norm(on_disk)
+        assert {s.modality for s in got} == {modality} and {s.pid for s in got} <= set(SYSU_TEST)
+    with pytest.raises(ValueError, match="modality"):
+        ds.test_samples("thermal")
+
+
+def test_regdb_test_samples_are_the_trial_lists(regdb_root: Path) -> None:
+    ds = load_dataset("regdb", regdb_root, trial=2)
+    q, g = ds.test_split(direction="v2t")
+    assert ds.test_samples("visible") == q and ds.test_samples("infrared") == g
+
+
+def test_llcm_test_samples_cover_every_camera(llcm_root: Path) -> None:
+    ds = load_dataset("llcm", llcm_root)
+    for modality, mod in (("visible", "vis"), ("infrared", "nir")):
+        on_disk = {
+            os.path.normpath(str(p))
+            for p in (llcm_root / f"test_{mod}").rglob("*.jpg")
+            if int(p.parent.name) in LLCM_TEST_IDS
+        }
+        got = ds.test_samples(modality)
+        assert set(_paths(got)) == on_disk and len(got) == len(on_disk)
+        assert {s.modality for s in got} == {modality}

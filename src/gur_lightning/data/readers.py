@@ -413,6 +413,10 @@ class VIReIDDataset(ABC):
         """Return ``(query, gallery)`` on validation identities, for model selection."""
 
     @abstractmethod
+    def test_samples(self, modality: Modality) -> list[Sample]:
+        """Every test image of one modality (the within-modality diagnostic, method.md §13.4)."""
+
+    @abstractmethod
     def protocols(self) -> list[Protocol]:
         """List the official evaluation settings.
 
@@ -545,6 +549,18 @@ class SYSUMM01Dataset(VIReIDDataset):
         _non_empty(gallery, "sysu validation gallery", self.root, SYSU_LAYOUT)
         return query, gallery
 
+    def test_samples(self, modality: Modality) -> list[Sample]:
+        """Every test-identity image of one modality, sorted by path.
+
+        Args:
+            modality: ``"visible"`` (cameras 1, 2, 4, 5) or ``"infrared"`` (3, 6).
+
+        Returns:
+            The images, for the within-modality diagnostic.
+        """
+        _check_choice(modality, MODALITIES, "modality")
+        return [s for s in self._images_of(set(self.test_ids)) if s.modality == modality]
+
     def protocols(self) -> list[Protocol]:
         """All-search and indoor-search, each over gallery trials 0..9 (method.md §13.2)."""
         return [
@@ -650,6 +666,18 @@ class RegDBDataset(VIReIDDataset):
         _non_empty(query, "regdb validation query", self.root, REGDB_LAYOUT)
         _non_empty(gallery, "regdb validation gallery", self.root, REGDB_LAYOUT)
         return query, gallery
+
+    def test_samples(self, modality: Modality) -> list[Sample]:
+        """The loaded trial's test list of one modality, in file order.
+
+        Args:
+            modality: ``"visible"`` or ``"infrared"`` (thermal).
+
+        Returns:
+            The images, for the within-modality diagnostic.
+        """
+        _check_choice(modality, MODALITIES, "modality")
+        return list(self._test[modality])
 
     def protocols(self) -> list[Protocol]:
         """Visible-to-thermal and thermal-to-visible for the loaded trial (method.md §13.3)."""
@@ -818,6 +846,18 @@ class LLCMDataset(VIReIDDataset):
         _non_empty(query, "llcm validation query", self.root, LLCM_LAYOUT)
         _non_empty(gallery, "llcm validation gallery", self.root, LLCM_LAYOUT)
         return query, gallery
+
+    def test_samples(self, modality: Modality) -> list[Sample]:
+        """Every test-identity image of one modality (ids sorted, cameras in numeric order).
+
+        Args:
+            modality: ``"visible"`` or ``"infrared"``.
+
+        Returns:
+            The images, for the within-modality diagnostic.
+        """
+        _check_choice(modality, MODALITIES, "modality")
+        return _all_shots(self.test_ids, self._test_cameras[modality], self._test_groups[modality])
 
     def protocols(self) -> list[Protocol]:
         """Visible-to-infrared and infrared-to-visible, each over gallery trials 0..9."""
