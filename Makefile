@@ -47,5 +47,5 @@ clean: ## remove the venv, caches and generated outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info outputs logs bench_results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-results: $(STAMP) ## every row of the README's SynVI table (about 40 min on 2 cores); results/synvi/table.md
+results: $(STAMP) ## every row of the README's SynVI table (about 45 min on 2 cores); results/synvi/table.md
 	$(PY) -m gur_lightning.results --out results/synvi --jobs 2
