@@ -60,7 +60,7 @@ def extract_features(pl_module, loader, num_samples: int, *, renormalize: bool) 
 def _score(
     protocol: str, q: Sequence[Sample], g: Sequence[Sample], qf: torch.Tensor, gf: torch.Tensor
 ) -> dict[str, float]:
-    from gur_lightning.metrics import evaluate_llcm, evaluate_regdb, evaluate_sysu
+    from gur_lightning.metrics import evaluate_llcm, evaluate_rank, evaluate_regdb, evaluate_sysu
 
     # Cosine distance of L2-normalised features; the reference ranks by -q.g (§13.1).
     distmat = (-(qf @ gf.T)).numpy()
@@ -69,8 +69,6 @@ def _score(
     q_cams = np.array([s.camid for s in q])
     g_cams = np.array([s.camid for s in g])
     if protocol.startswith(WITHIN_MODALITY_PREFIX):
-        from gur_lightning.metrics import evaluate_rank
-
         if len(set(q_cams.tolist()) | set(g_cams.tolist())) == 1:
             # One camera (RegDB): every other image of the modality is a candidate; giving
             # each image its own camera makes the market rule drop only the query itself.

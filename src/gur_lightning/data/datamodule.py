@@ -15,6 +15,7 @@ different augmentations (architecture.md §11.6).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -29,14 +30,16 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
+from gur_lightning.config import AugmentConfig
 from gur_lightning.data.samples import MODALITY_INDEX, Modality, Sample
 from gur_lightning.utils.distributed import get_rank, get_world_size
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-#: Training-augmentation knobs the DataModule passes to ``build_train_transform``.
-_AUGMENT_KEYS = frozenset({"pad", "flip_p", "erasing_p", "adap_gray_p"})
+#: Training-augmentation knobs the DataModule passes to ``build_train_transform``: the fields of
+#: the ``data.augment`` schema, so that the two cannot drift apart.
+_AUGMENT_KEYS = frozenset(f.name for f in dataclasses.fields(AugmentConfig))
 
 #: Batch key of the placeholder batches of a skipped phase.
 SKIP_KEY = "skipped_phase"
