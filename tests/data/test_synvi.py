@@ -24,7 +24,16 @@ from gur_lightning.data.synvi import __main__ as cli
 from gur_lightning.data.synvi import generate as gen
 from gur_lightning.data.synvi.grid import GAP, HEADER_H, LABEL_W, render_grid
 from gur_lightning.data.synvi.render import _Body, _pattern_mask
-from gur_lightning.data.synvi.world import PATTERN_HSTRIPES, VIEW_FRONT, Appearance
+from gur_lightning.data.synvi.world import (
+    GARMENT_THERMAL_MEAN,
+    GARMENT_THERMAL_RANGE,
+    OUTFIT_JITTER,
+    OUTFIT_ROWS,
+    PATTERN_HSTRIPES,
+    VIEW_FRONT,
+    Appearance,
+    sample_appearance,
+)
 
 TINY_SYSU = {"num_ids": 12, "images_per_camera": 2}
 TINY_REGDB = {"num_ids": 6, "images_per_camera": 3}
@@ -367,6 +376,51 @@ def test_twins_share_exactly_one_cue() -> None:
         other = people[p.twin_of]
         assert p.shape == other.shape
         assert not np.allclose(p.appearance.colours, other.appearance.colours)
+
+
+@pytest.mark.parametrize(("table", "which"), [("colours", 0), ("thermal", 1)])
+def test_outfit_pool_dresses_identities_in_shared_outfits(table: str, which: int) -> None:
+    pool = 5
+    cfg = resolve_config("sysu", num_ids=120, overrides={"outfit_pool": pool, "twin_fraction": 0})
+    people = list(build_world("sysu", cfg, seed=0).identities.values())
+    outfit = np.array([p.outfit[which] for p in people])
+    assert set(outfit.tolist()) == set(range(pool))
+    garments = np.stack([getattr(p.appearance, table)[OUTFIT_ROWS].ravel() for p in people])
+    dist = np.abs(garments[:, None, :] - garments[None, :, :]).mean(axis=2)
+    same = outfit[:, None] == outfit[None, :]
+    off_diagonal = ~np.eye(len(people), dtype=bool)
+    # Wearers of one outfit differ only by the jitter (mean |N(0, 2 s^2)| = 1.13 s over 10-36
+    # values, clipping only shrinks it); wearers of different outfits by the outfits themselves.
+    assert dist[same & off_diagonal].max() < 2.5 * OUTFIT_JITTER
+    assert dist[~same].mean() > 3 * OUTFIT_JITTER
+    # The body stays each identity's own: skin intensity is drawn per person.
+    assert len({float(p.appearance.thermal[0]) for p in people}) == len(people)
+
+
+def test_outfit_colours_and_intensities_are_drawn_independently() -> None:
+    cfg = resolve_config("sysu", num_ids=200, overrides={"outfit_pool": 4, "twin_fraction": 0})
+    people = build_world("sysu", cfg, seed=0).identities.values()
+    pairs = {p.outfit for p in people}
+    # 200 independent draws of (colour, thermal) from 4 x 4: every combination occurs, so a
+    # colour outfit does not tell its wearer's intensities.
+    assert pairs == {(a, b) for a in range(4) for b in range(4)}
+
+
+def test_thermal_spread_stretches_garment_intensities_about_their_mean() -> None:
+    def garments(spread: float) -> np.ndarray:
+        rng = np.random.default_rng(3)
+        return sample_appearance(rng, 0.6, spread).thermal
+
+    plain, stretched = garments(1.0), garments(1.5)
+    # Body rows (skin, hair) are not garments; the other garment rows (not prints) follow the
+    # stretch unless clipped to the garment range.
+    np.testing.assert_allclose(stretched[:2], plain[:2])
+    for row in (2, 3, 5, 7, 9, 10, 11):
+        expected = np.clip(
+            GARMENT_THERMAL_MEAN + 1.5 * (plain[row] - GARMENT_THERMAL_MEAN),
+            *GARMENT_THERMAL_RANGE,
+        )
+        assert stretched[row] == pytest.approx(expected)
 
 
 def test_horizontal_stripes_follow_frequency_and_duty() -> None:

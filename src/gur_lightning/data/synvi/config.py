@@ -20,7 +20,7 @@ PRESETS: tuple[str, ...] = ("easy", "default", "hard")
 
 #: Bumped whenever a change to the generator changes its output for equal parameters, so that
 #: cached trees written by an older generator are regenerated instead of silently reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Smallest image SynVI renders: below this the silhouette cues are no longer resolvable.
 MIN_HEIGHT = 32
@@ -53,6 +53,14 @@ class SynVIConfig:
             shape twins (same shape, other colours) of another identity.
         thermal_material_tie: Weight in [0, 1] of the garment material in its thermal intensity;
             the rest is per-identity randomness independent of the visible colour.
+        outfit_pool: 0: every identity draws its own garment colours and thermal values. n > 0:
+            the tree has n colour outfits and, independently, n thermal outfits; each identity
+            wears one of each (with a small jitter), as many people wear the same black jacket
+            and jeans. Colour and intensity then narrow a person down to a group, and identity
+            lives in the modality-invariant shape cues (synthetic.md).
+        thermal_spread: Contrast multiplier of the garments' thermal values about their mean
+            (1: as drawn; larger values separate the parts, and the person from the background,
+            in infrared).
         clutter: Number of background objects per camera scene.
         clutter_contrast: Contrast in [0, 1] of background objects against the scene base.
         camera_bias: Strength in [0, 1] of per-camera illumination, white balance and gain.
@@ -78,6 +86,8 @@ class SynVIConfig:
     cue_rate: float
     twin_fraction: float
     thermal_material_tie: float
+    outfit_pool: int
+    thermal_spread: float
     clutter: int
     clutter_contrast: float
     camera_bias: float
@@ -132,6 +142,8 @@ PRESET_KNOBS: dict[str, dict[str, Any]] = {
         "cue_rate": 0.9,
         "twin_fraction": 0.1,
         "thermal_material_tie": 0.8,
+        "outfit_pool": 4,
+        "thermal_spread": 1.0,
         "clutter": 3,
         "clutter_contrast": 0.3,
         "camera_bias": 0.3,
@@ -144,15 +156,17 @@ PRESET_KNOBS: dict[str, dict[str, Any]] = {
         "brightness_jitter": 0.05,
     },
     "default": {
-        "cue_rate": 0.75,
-        "twin_fraction": 0.2,
+        "cue_rate": 0.9,
+        "twin_fraction": 0.1,
         "thermal_material_tie": 0.6,
-        "clutter": 6,
-        "clutter_contrast": 0.5,
-        "camera_bias": 0.6,
+        "outfit_pool": 4,
+        "thermal_spread": 1.0,
+        "clutter": 4,
+        "clutter_contrast": 0.4,
+        "camera_bias": 0.4,
         "view_mix": 0.3,
         "vis_noise": 0.02,
-        "ir_noise": 0.03,
+        "ir_noise": 0.015,
         "blur": 0.7,
         "occlusion": 0.1,
         "pose_jitter": 1.0,
@@ -162,6 +176,8 @@ PRESET_KNOBS: dict[str, dict[str, Any]] = {
         "cue_rate": 0.55,
         "twin_fraction": 0.35,
         "thermal_material_tie": 0.3,
+        "outfit_pool": 0,
+        "thermal_spread": 1.0,
         "clutter": 12,
         "clutter_contrast": 0.9,
         "camera_bias": 1.0,
@@ -189,7 +205,14 @@ _UNIT_KNOBS = (
     "occlusion",
 )
 #: Knobs that must be >= 0.
-_NONNEGATIVE_KNOBS = ("vis_noise", "ir_noise", "blur", "pose_jitter", "brightness_jitter")
+_NONNEGATIVE_KNOBS = (
+    "thermal_spread",
+    "vis_noise",
+    "ir_noise",
+    "blur",
+    "pose_jitter",
+    "brightness_jitter",
+)
 #: Largest LLCM camera count: file names carry the camera in two digits (``_cNN_``).
 _MAX_LLCM_CAMERAS = 99
 #: Smallest identity count per layout: every split must receive at least one identity.
@@ -246,7 +269,15 @@ def resolve_config(
 
 def _validate(layout: str, cfg: SynVIConfig) -> None:
     """Raise ``ValueError`` naming the first option of ``cfg`` that is out of range."""
-    for name in ("num_ids", "height", "width", "images_per_camera", "num_cameras", "clutter"):
+    for name in (
+        "num_ids",
+        "height",
+        "width",
+        "images_per_camera",
+        "num_cameras",
+        "clutter",
+        "outfit_pool",
+    ):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"SynVI option {name} must be an integer, got {value!r}")
@@ -277,8 +308,9 @@ def _validate(layout: str, cfg: SynVIConfig) -> None:
             f"SynVI num_cameras must be in [1, {_MAX_LLCM_CAMERAS}] for 'llcm', "
             f"got {cfg.num_cameras}"
         )
-    if cfg.clutter < 0:
-        raise ValueError(f"SynVI option clutter must be >= 0, got {cfg.clutter}")
+    for name in ("clutter", "outfit_pool"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"SynVI option {name} must be >= 0, got {getattr(cfg, name)}")
     for name in _UNIT_KNOBS:
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:

@@ -133,6 +133,11 @@ PART_MATERIALS: dict[int, tuple[int, ...]] = {
 #: Skin and hair thermal ranges: skin is the warmest surface, hair insulates.
 SKIN_THERMAL = (0.80, 0.95)
 HAIR_THERMAL = (0.38, 0.56)
+#: Mean garment intensity of the default draw (materials and the uniform part): the centre about
+#: which ``thermal_spread`` stretches garment intensities.
+GARMENT_THERMAL_MEAN = 0.43
+#: Garment intensities stay inside this range after stretching, so that prints stay visible.
+GARMENT_THERMAL_RANGE = (0.05, 0.95)
 #: Infrared contrast of a printed pattern against its garment (prints change emissivity), so
 #: that pattern geometry survives the modality gap while its colour does not.
 PATTERN_THERMAL_DELTA = (0.10, 0.20)
@@ -219,6 +224,8 @@ class Identity:
         appearance: Colours and thermal intensities.
         twin_of: The identity this one is a colour or shape twin of (``None`` if none).
         twin_kind: ``"colour"`` or ``"shape"`` for twins, else ``""``.
+        outfit: ``(colour outfit, thermal outfit)`` worn when the tree has an outfit pool
+            (``SynVIConfig.outfit_pool``), else ``None``.
     """
 
     pid: int
@@ -226,6 +233,7 @@ class Identity:
     appearance: Appearance
     twin_of: int | None = None
     twin_kind: str = ""
+    outfit: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -383,13 +391,17 @@ def sample_shape(rng: np.random.Generator, cue_rate: float) -> Shape:
     )
 
 
-def sample_appearance(rng: np.random.Generator, thermal_tie: float) -> Appearance:
+def sample_appearance(
+    rng: np.random.Generator, thermal_tie: float, thermal_spread: float = 1.0
+) -> Appearance:
     """Draw the visible colours and, independently, the thermal intensities of one identity.
 
     Args:
         rng: Population stream.
         thermal_tie: Weight of the material in the thermal intensity
             (``SynVIConfig.thermal_material_tie``).
+        thermal_spread: Contrast multiplier of the garment intensities about
+            :data:`GARMENT_THERMAL_MEAN` (``SynVIConfig.thermal_spread``).
 
     Returns:
         An :class:`Appearance`.
@@ -418,7 +430,9 @@ def sample_appearance(rng: np.random.Generator, thermal_tie: float) -> Appearanc
         material = materials[rng.integers(len(materials))]
         own = rng.uniform(0.15, 0.8)
         base = MATERIAL_THERMAL[material] + rng.normal(0.0, 0.03)
-        thermal[row[label]] = thermal_tie * base + (1.0 - thermal_tie) * own
+        value = thermal_tie * base + (1.0 - thermal_tie) * own
+        stretched = GARMENT_THERMAL_MEAN + thermal_spread * (value - GARMENT_THERMAL_MEAN)
+        thermal[row[label]] = np.clip(stretched, *GARMENT_THERMAL_RANGE)
     for garment, pattern in ((TOP, TOP_PATTERN), (COAT, COAT_PATTERN), (BOTTOM, BOTTOM_PATTERN)):
         delta = rng.uniform(*PATTERN_THERMAL_DELTA) * rng.choice((-1.0, 1.0))
         value = thermal[row[garment]] + delta
@@ -448,10 +462,12 @@ def build_identities(seed: int, pids: list[int], cfg: SynVIConfig) -> dict[int, 
         pid: Identity(
             pid=pid,
             shape=sample_shape(rng, cfg.cue_rate),
-            appearance=sample_appearance(rng, cfg.thermal_material_tie),
+            appearance=sample_appearance(rng, cfg.thermal_material_tie, cfg.thermal_spread),
         )
         for pid in pids
     }
+    if cfg.outfit_pool > 0:
+        people = _dress_from_pool(seed, people, cfg)
     n_pairs = int(round(cfg.twin_fraction * len(pids) / 2))
     order = [int(p) for p in rng.permutation(pids)]
     for k in range(min(n_pairs, len(order) // 2)):
@@ -464,6 +480,57 @@ def build_identities(seed: int, pids: list[int], cfg: SynVIConfig) -> dict[int, 
         else:
             people[b.pid] = replace(b, shape=a.shape, twin_of=a.pid, twin_kind="shape")
     return people
+
+
+#: Rows of an identity's colour and thermal tables that an outfit sets (everything but the body).
+OUTFIT_ROWS = np.array([label - SKIN for label in PERSON_LABELS if label not in (SKIN, HAIR)])
+#: Per-identity jitter of an outfit's colours and thermal values: the same jacket, not the same
+#: pixel values.
+OUTFIT_JITTER = 0.03
+
+
+def _dress_from_pool(
+    seed: int, people: dict[int, Identity], cfg: SynVIConfig
+) -> dict[int, Identity]:
+    """Replace every identity's garment colours and thermal values by shared outfits.
+
+    ``cfg.outfit_pool`` colour outfits and, independently, as many thermal outfits are drawn
+    once per tree; each identity wears one of each. Skin and hair stay the identity's own.
+
+    Args:
+        seed: Tree seed.
+        people: Identities with their own appearances.
+        cfg: Resolved parameters.
+
+    Returns:
+        Identity by pid, with pooled garment colours and thermal values.
+    """
+    rng = rng_for(seed, TAG_POPULATION, 1)
+    n = cfg.outfit_pool
+    colour_pool = [
+        sample_appearance(rng, cfg.thermal_material_tie, cfg.thermal_spread).colours
+        for _ in range(n)
+    ]
+    thermal_pool = [
+        sample_appearance(rng, cfg.thermal_material_tie, cfg.thermal_spread).thermal
+        for _ in range(n)
+    ]
+    dressed = {}
+    for pid, person in people.items():
+        colours = person.appearance.colours.copy()
+        thermal = person.appearance.thermal.copy()
+        colour_k, thermal_k = int(rng.integers(n)), int(rng.integers(n))
+        colours[OUTFIT_ROWS] = colour_pool[colour_k][OUTFIT_ROWS] + rng.normal(
+            0.0, OUTFIT_JITTER, size=(len(OUTFIT_ROWS), 3)
+        )
+        thermal[OUTFIT_ROWS] = thermal_pool[thermal_k][OUTFIT_ROWS] + rng.normal(
+            0.0, OUTFIT_JITTER, size=len(OUTFIT_ROWS)
+        )
+        appearance = Appearance(
+            colours=np.clip(colours, 0.0, 1.0), thermal=np.clip(thermal, 0.0, 1.0)
+        )
+        dressed[pid] = replace(person, appearance=appearance, outfit=(colour_k, thermal_k))
+    return dressed
 
 
 # --------------------------------------------------------------------------- cameras and scenes
