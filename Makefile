@@ -48,4 +48,4 @@ clean: ## remove the venv, caches and generated outputs
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 results: $(STAMP) ## every row of the README's SynVI table (about 45 min on 2 cores); results/synvi/table.md
-	$(PY) -m gur_lightning.results --out results/synvi --jobs 2
+	$(PY) -m gur_lightning.results --out results/synvi --jobs 2 eval.within_modality=true

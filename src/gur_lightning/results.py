@@ -6,7 +6,9 @@ Each row is a real run of ``gur_lightning.train`` (or ``gur_lightning.evaluate``
 feature baselines) on the SynVI tree in the SYSU-MM01 layout with the SYSU protocol, under the
 same optimiser-step budget (740 steps, ±1 %), in its own subprocess and Hydra folder under
 ``--out``. The table (``table.md``) reports all-search rank-1, mAP and mINP over the ten gallery
-draws and the last pseudo-labelling's ARI against the ground truth.
+draws, the last pseudo-labelling's ARI against the ground truth and, when the rows ran with
+``eval.within_modality=true``, the within-modality mAP. ``--table-only`` rebuilds the table from
+finished folders.
 """
 
 from __future__ import annotations
@@ -104,12 +106,23 @@ def _last_ari(run_dir: Path) -> str:
     return f"{last['visible/ari']:.3f} / {last['infrared/ari']:.3f}"
 
 
+#: Metric keys of the within-modality diagnostic (``eval.within_modality=true``).
+WITHIN_KEYS = ("test/within_visible/mAP", "test/within_infrared/mAP")
+
+
 def write_table(out: Path, rows: list[Row], metrics: dict[str, dict[str, float]]) -> str:
-    """Render ``table.md`` from the rows' metrics (percent, mean ± std over gallery draws)."""
-    lines = [
-        "| method | rank-1 | mAP | mINP | last pseudo-label ARI |",
-        "|---|---|---|---|---|",
-    ]
+    """Render ``table.md`` from the rows' metrics (percent, mean ± std over gallery draws).
+
+    When every row carries the within-modality diagnostic, a column gives its visible and
+    infrared mAP (every test image of a modality queries the others of that modality).
+    """
+    within = all(all(k in metrics[r.key] for k in WITHIN_KEYS) for r in rows)
+    header = "| method | rank-1 | mAP | mINP | last pseudo-label ARI |"
+    rule = "|---|---|---|---|---|"
+    if within:
+        header += " within-modality mAP (visible / infrared) |"
+        rule += "---|"
+    lines = [header, rule]
     for row in rows:
         m = metrics[row.key]
 
@@ -118,10 +131,14 @@ def write_table(out: Path, rows: list[Row], metrics: dict[str, dict[str, float]]
             std = 100 * m[f"test/sysu_all/{name}_std"]
             return f"{mean:.1f} ± {std:.1f}"
 
-        lines.append(
+        line = (
             f"| {row.title} | {cell('rank1')} | {cell('mAP')} | {cell('mINP')} | "
             f"{_last_ari(out / row.key)} |"
         )
+        if within:
+            vis, ir = (100 * m[k] for k in WITHIN_KEYS)
+            line += f" {vis:.1f} / {ir:.1f} |"
+        lines.append(line)
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
     return table
@@ -133,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/synvi"))
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once")
     parser.add_argument("--rows", default=",".join(r.key for r in ROWS))
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rebuild table.md from the rows' finished folders instead of running them",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -141,10 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--rows: unknown {sorted(unknown)}; known: {[r.key for r in ROWS]}")
     rows = [r for r in ROWS if r.key in wanted]
-    args.out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda r: _run(r, args.out, args.overrides, threads), rows))
+    if args.table_only:
+        missing = [r.key for r in rows if not (args.out / r.key / "metrics.json").is_file()]
+        if missing:
+            raise SystemExit(f"--table-only: no metrics.json for rows {missing} under {args.out}")
+        results = [json.loads((args.out / r.key / "metrics.json").read_text()) for r in rows]
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(lambda r: _run(r, args.out, args.overrides, threads), rows))
     table = write_table(args.out, rows, {r.key: m for r, m in zip(rows, results, strict=True)})
     log.info("SynVI (SYSU layout, all-search, %%):\n%s", table)
     return 0
