@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from gur_lightning.clustering.knn import exact_knn, faiss_available
+from gur_lightning.clustering.knn import RANK_MERGE_WIDTH, _Pool, exact_knn, faiss_available
 from tests.clustering.reference import reference_knn
 
 
@@ -171,3 +171,40 @@ def test_pipelined_workers_give_the_serial_result(threads):
     np.testing.assert_array_equal(pooled.idx, serial.idx)
     np.testing.assert_array_equal(pooled.key, serial.key)
     assert _sets_equal(res.indices, reference_knn(x, 30), (6, 16, 30))
+
+
+@pytest.mark.parametrize("max_per_row", [1, 5, RANK_MERGE_WIDTH])
+def test_pool_merge_is_a_stable_cut_with_ties(max_per_row: int) -> None:
+    """Rank merges against a plain per-row list: stable sort by descending key, cut at depth."""
+    rng = np.random.default_rng(max_per_row)
+    n, depth = 40, 6
+    pool = _Pool(n, depth)
+    kept: list[list[tuple[float, int, float]]] = [[] for _ in range(n)]
+    next_col = 0
+    for _ in range(12):
+        rows, cols, keys, dots = [], [], [], []
+        for r in range(n):
+            for _ in range(int(rng.integers(0, max_per_row + 1))):
+                key = float(rng.integers(0, 5))  # few values: many exact ties
+                rows.append(r)
+                cols.append(next_col)
+                keys.append(key)
+                dots.append(key / 2 + 0.25)
+                next_col += 1
+        pool.merge(
+            np.array(rows, dtype=np.int64),
+            np.array(cols, dtype=np.int64),
+            np.array(keys, dtype=np.float32),
+            np.array(dots, dtype=np.float32),
+        )
+        for r, c, k, d in zip(rows, cols, keys, dots, strict=True):
+            # Only keys above the row's current cut enter, as in the pool.
+            if len(kept[r]) < depth or k > kept[r][depth - 1][0]:
+                kept[r].append((k, c, d))
+                kept[r].sort(key=lambda e: -e[0])  # stable: earlier arrivals first on ties
+                del kept[r][depth:]
+    for r in range(n):
+        assert pool.idx[r, : len(kept[r])].tolist() == [c for _, c, _ in kept[r]]
+        assert pool.key[r, : len(kept[r])].tolist() == [k for k, _, _ in kept[r]]
+        assert pool.dot[r, : len(kept[r])].tolist() == pytest.approx([d for *_, d in kept[r]])
+        assert (pool.idx[r, len(kept[r]) :] == -1).all()
