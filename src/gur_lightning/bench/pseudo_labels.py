@@ -178,7 +178,6 @@ def _peak_rss_mb() -> float:
 
 def _run_fast(args: argparse.Namespace) -> dict:
     from gur_lightning.clustering import JaccardTimings, cluster_statistics, dbscan_labels
-
     from gur_lightning.clustering.knn import resolve_knn_backend
 
     x, truth = synthetic_features(args.n, args.dim, args.seed)
