@@ -55,6 +55,8 @@ def test_wrong_type_fails_at_composition():
         ("schedule.epochs=0", "schedule.epochs"),
         ("data.augment.pad=-1", "data.augment.pad"),
         ("data.augment.erasing_p=1.5", "data.augment.erasing_p"),
+        ("data.augment.intensity_remap_p=-0.1", "data.augment.intensity_remap_p"),
+        ("data.augment.intensity_remap_knots=0", "data.augment.intensity_remap_knots"),
         ("+trainer.max_epochs=3", "trainer.max_epochs"),
     ],
 )

@@ -49,12 +49,19 @@ class AugmentConfig:
         flip_p: Horizontal-flip probability (0.5).
         erasing_p: ``ChannelRandomErasing`` probability (0.5).
         adap_gray_p: Grey probability inside the infrared ``ChannelAdapGray`` (0.5).
+        intensity_remap_p: Probability of a random non-monotonic grey-level curve on infrared
+            images and the second visible view (not in the reference: 0). SynVI turns it on:
+            its infrared intensities carry nothing of the visible colours, so only shape can
+            bridge the modalities (README, "Calibrating SynVI").
+        intensity_remap_knots: Linear pieces of that curve.
     """
 
     pad: int = 10
     flip_p: float = 0.5
     erasing_p: float = 0.5
     adap_gray_p: float = 0.5
+    intensity_remap_p: float = 0.0
+    intensity_remap_knots: int = 4
 
 
 @dataclass
@@ -294,9 +301,11 @@ def validate_config(cfg: DictConfig | TrainConfig) -> None:
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
     _check(d.min_identities >= 1, "data.min_identities", d.min_identities, ">= 1")
     _check(d.augment.pad >= 0, "data.augment.pad", d.augment.pad, ">= 0")
-    for key in ("flip_p", "erasing_p", "adap_gray_p"):
+    for key in ("flip_p", "erasing_p", "adap_gray_p", "intensity_remap_p"):
         value = getattr(d.augment, key)
         _check(0 <= value <= 1, f"data.augment.{key}", value, "a probability in [0, 1]")
+    knots = d.augment.intensity_remap_knots
+    _check(knots >= 1, "data.augment.intensity_remap_knots", knots, "an integer >= 1")
     for key in ("visible_batch_size", "infrared_batch_size"):
         size = getattr(d, key)
         _check(

@@ -68,3 +68,18 @@ def test_default_augmentations_change_the_view(tmp_path):
 def test_unknown_augment_key_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown augment keys.*'padding'"):
         VIReIDDataModule("sysu", str(tmp_path), augment={"padding": 2})
+
+
+def test_intensity_remap_reaches_the_infrared_and_second_visible_views(tmp_path):
+    """intensity_remap_p=1: infrared grey levels leave the eval view's; visible view 1 does not."""
+    off = {"pad": 0, "flip_p": 0.0, "erasing_p": 0.0, "adap_gray_p": 0.0}
+    dm = _module(tmp_path, {**off, "intensity_remap_p": 1.0})
+    expected = build_eval_transform(H, W)
+    visible = dm._train_loader("visible", rank=0).dataset
+    infrared = dm._train_loader("infrared", rank=0).dataset
+    torch.manual_seed(0)
+    for index in range(2):
+        image = read_image(visible.samples[index].path)
+        torch.testing.assert_close(visible[index]["img"], expected(image))
+        ir_image = read_image(infrared.samples[index].path)
+        assert not torch.allclose(infrared[index]["img"], expected(ir_image), atol=0.1)

@@ -18,6 +18,7 @@ from gur_lightning.data.transforms import (
     ChannelExchange,
     ChannelRandomErasing,
     Grey,
+    RandomIntensityRemap,
     ToNormalizedFloat,
     build_eval_transform,
     build_train_transform,
@@ -301,3 +302,50 @@ def test_erasing_area_fraction_closed_form_mean() -> None:
         _, _, bh, bw = _erased_box(img, aug(img))
         fracs.append(bh * bw / (h * w))
     assert math.isclose(float(np.mean(fracs)), 0.11, abs_tol=0.015)
+
+
+# ----------------------------------------------------------------------------- intensity remap
+
+
+@pytest.mark.parametrize("knots", [1, 3, 5])
+def test_intensity_remap_is_the_interpolated_random_curve(knots: int) -> None:
+    ramp = torch.arange(256, dtype=torch.uint8).repeat(3, 1).reshape(3, 16, 16)
+    torch.manual_seed(knots)
+    out = RandomIntensityRemap(p=1.0, knots=knots)(ramp)
+    # The same draws by hand: the probability test, then knots + 1 levels in [0, 255].
+    torch.manual_seed(knots)
+    torch.rand(1)
+    levels = (torch.rand(knots + 1) * 255.0).numpy()
+    curve = np.interp(np.arange(256), np.linspace(0, 255, knots + 1), levels)
+    expected = np.floor(curve + 0.5).astype(np.uint8)  # round half up; ties are measure zero
+    for channel in range(3):
+        np.testing.assert_allclose(out[channel].reshape(-1).numpy(), expected, atol=1)
+    assert out.dtype == torch.uint8 and out.shape == ramp.shape
+
+
+def test_intensity_remap_probability_and_pass_through() -> None:
+    img = torch.randint(0, 256, (3, 8, 4), dtype=torch.uint8)
+    assert RandomIntensityRemap(p=0.0)(img) is img
+    torch.manual_seed(0)
+    remap = RandomIntensityRemap(p=0.3)
+    changed = sum(not torch.equal(remap(img), img) for _ in range(2000))
+    assert abs(changed / 2000 - 0.3) < 0.04  # 4 sigma of a binomial(2000, 0.3) frequency
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"p": 1.5}, "p must lie in"), ({"knots": 0}, "knots must be an integer >= 1")],
+)
+def test_intensity_remap_rejects_bad_options(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RandomIntensityRemap(**kwargs)
+
+
+def test_intensity_remap_reaches_infrared_and_visible_view2_only() -> None:
+    def remaps(modality: str, view: int, p: float) -> bool:
+        tf = build_train_transform(16, 8, modality, view, intensity_remap_p=p)
+        return any(isinstance(step, RandomIntensityRemap) for step in tf.transforms)
+
+    assert remaps("infrared", 1, 0.5) and remaps("visible", 2, 0.5)
+    assert not remaps("visible", 1, 0.5)
+    assert not any(remaps(m, v, 0.0) for m, v in (("infrared", 1), ("visible", 2)))

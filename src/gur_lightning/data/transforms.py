@@ -42,6 +42,7 @@ __all__ = [
     "ChannelExchange",
     "ChannelRandomErasing",
     "Grey",
+    "RandomIntensityRemap",
     "ToNormalizedFloat",
     "build_eval_transform",
     "build_train_transform",
@@ -285,6 +286,57 @@ class Grey(nn.Module):
         return _replicate(img, _grey(img), self.inplace)
 
 
+class RandomIntensityRemap(nn.Module):
+    """Map grey levels through a random, generally non-monotonic curve (not in the reference).
+
+    With probability ``p`` a curve is drawn: ``knots + 1`` levels uniform in [0, 255] at evenly
+    spaced inputs, linearly interpolated into a 256-entry table, and applied to every channel of
+    the ``uint8`` image. Brightness order is scrambled while edges stay edges, so features must
+    rest on shape rather than on intensity values. It is the bridge when infrared intensities
+    carry no information about visible colour, as on SynVI, where the channel augmentations
+    (which assume infrared resembles one colour channel) cannot bridge (synthetic.md, first
+    calibration study).
+
+    Args:
+        p: Probability of remapping an image.
+        knots: Number of linear pieces of the curve (>= 1; 1 is a random affine map).
+    """
+
+    def __init__(self, p: float = 0.5, knots: int = 4) -> None:
+        super().__init__()
+        _check_probability(p, "p", type(self).__name__)
+        if isinstance(knots, bool) or not isinstance(knots, int) or knots < 1:
+            raise ValueError(f"RandomIntensityRemap: knots must be an integer >= 1, got {knots!r}")
+        self.p = float(p)
+        self.knots = knots
+
+    def forward(self, img: Tensor) -> Tensor:
+        """Remap (or pass through) one image.
+
+        Args:
+            img: ``uint8`` image, shape ``(3, H, W)``.
+
+        Returns:
+            ``uint8`` image of the same shape.
+        """
+        if img.dtype != torch.uint8:
+            raise ValueError(f"RandomIntensityRemap expects a uint8 image, got {img.dtype}")
+        if torch.rand(1).item() >= self.p:
+            return img
+        levels = torch.rand(self.knots + 1) * 255.0
+        # Position of every grey level between the knots, then linear interpolation.
+        x = torch.arange(256, dtype=torch.float32) * (self.knots / 255.0)
+        left = x.floor().clamp_(max=self.knots - 1).long()
+        frac = x - left
+        table = levels[left] * (1.0 - frac) + levels[left + 1] * frac
+        table = table.round_().to(torch.uint8)
+        return table[img.long()]
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return f"p={self.p}, knots={self.knots}"
+
+
 class ToNormalizedFloat(nn.Module):
     """``ToTensor`` + ``Normalize`` fused for ``uint8`` CHW input (method.md §4).
 
@@ -373,6 +425,8 @@ def build_train_transform(
     erasing_p: float = 0.5,
     adap_gray_p: float = 0.5,
     exchange_gray: int = 2,
+    intensity_remap_p: float = 0.0,
+    intensity_remap_knots: int = 4,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     resize_backend: str = "tensor",
@@ -385,7 +439,10 @@ def build_train_transform(
     * visible, view 2 (``train_transformer_rgb1``): view 1, then ChannelExchange(exchange_gray);
     * infrared (``transform_thermal``): view 1's steps, then ChannelAdapGray(adap_gray_p).
 
-    Pad fills with black (0) before normalisation, as the reference does.
+    Pad fills with black (0) before normalisation, as the reference does. With
+    ``intensity_remap_p > 0`` (not in the reference; default off), infrared images and visible
+    view 2 pass through :class:`RandomIntensityRemap` before normalisation; visible view 1 keeps
+    its colours, so the two visible views teach one identity under both looks.
 
     Args:
         height: Output height H (reference 288).
@@ -397,6 +454,8 @@ def build_train_transform(
         erasing_p: ``ChannelRandomErasing`` probability.
         adap_gray_p: Grey probability inside ``ChannelAdapGray``'s ``idx == 3`` branch.
         exchange_gray: ``gray`` argument of view 2's ``ChannelExchange``.
+        intensity_remap_p: :class:`RandomIntensityRemap` probability (0: off, the reference).
+        intensity_remap_knots: Linear pieces of the remap curve.
         mean: Normalisation mean.
         std: Normalisation standard deviation.
         resize_backend: ``"tensor"`` (fast, torch antialiased bicubic on ``uint8``) or ``"pil"``
@@ -419,11 +478,16 @@ def build_train_transform(
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
     _check_probability(flip_p, "flip_p", "build_train_transform")
+    _check_probability(intensity_remap_p, "intensity_remap_p", "build_train_transform")
     steps: list[Callable] = _resize_steps(height, width, InterpolationMode.BICUBIC, resize_backend)
     steps += [
         v2.Pad(pad, fill=0),
         v2.RandomCrop((height, width)),
         v2.RandomHorizontalFlip(flip_p),
+    ]
+    if intensity_remap_p > 0 and (modality == "infrared" or view == 2):
+        steps.append(RandomIntensityRemap(intensity_remap_p, intensity_remap_knots))
+    steps += [
         ToNormalizedFloat(mean, std),
         # The tensor is fresh from ToNormalizedFloat, so the channel steps may work in place.
         ChannelRandomErasing(erasing_p, inplace=True),
