@@ -28,3 +28,12 @@ def test_default_args_parse():
     parser = pseudo_labels._parser()
     for argv in pseudo_labels.DEFAULT_ARGS:
         assert parser.parse_args(argv).n >= 10_000
+
+
+def test_benchmark_repeat_reports_medians_of_interleaved_rounds(capsys):
+    record = pseudo_labels.main(["--n", "300", "--dim", "16", "--threads", "1", "--repeat", "3"])
+    capsys.readouterr()
+    rounds, speedups = record["seconds_per_round"], record["speedup_per_round"]
+    assert record["repeat"] == 3 and len(rounds) == 3 and len(speedups) == 3
+    assert record["seconds"] == round(float(np.median(rounds)), 3)
+    assert record["identical"] is True
