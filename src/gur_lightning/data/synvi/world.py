@@ -487,6 +487,9 @@ OUTFIT_ROWS = np.array([label - SKIN for label in PERSON_LABELS if label not in 
 #: Per-identity jitter of an outfit's colours and thermal values: the same jacket, not the same
 #: pixel values.
 OUTFIT_JITTER = 0.03
+#: Sub-key of the population stream that draws the wardrobe and who wears what, so that the
+#: identities' own draws do not shift when the pool size changes.
+OUTFIT_STREAM = 1
 
 
 def _dress_from_pool(
@@ -505,7 +508,7 @@ def _dress_from_pool(
     Returns:
         Identity by pid, with pooled garment colours and thermal values.
     """
-    rng = rng_for(seed, TAG_POPULATION, 1)
+    rng = rng_for(seed, TAG_POPULATION, OUTFIT_STREAM)
     n = cfg.outfit_pool
     colour_pool = [
         sample_appearance(rng, cfg.thermal_material_tie, cfg.thermal_spread).colours
