@@ -66,7 +66,7 @@ MERGE_WIDTH = 64
 FLUSH_ENTRIES_MIN = 1 << 16
 FLUSH_ENTRIES_PER_ROW = 8
 """Pending candidates are merged once max(2^16, 8 N) pile up (see :class:`_PendingCandidates`):
-fresher thresholds let fewer candidates through (N = 10,000: 5 % less kNN time than 2^18, 16 N)."""
+fresher thresholds let fewer candidates through than the former max(2^18, 16 N) did."""
 RANK_MERGE_WIDTH = 16
 """Up to this many new candidates per row, the merge places every entry by counting (rank
 merge) instead of sorting the concatenation: O(depth x width) comparisons and no sort."""
@@ -315,10 +315,14 @@ class _Pool:
         base = (np.arange(urows.size) * depth)[:, None]
         keep_old, keep_new = old_pos < depth, new_pos < depth
         at_old, at_new = (base + old_pos)[keep_old], (base + new_pos)[keep_new]
-        for table, new in ((self.key, new_key), (self.idx, new_idx), (self.dot, new_dot)):
+        for table, old, new in (
+            (self.key, old_key, new_key),
+            (self.idx, self.idx[urows], new_idx),
+            (self.dot, self.dot[urows], new_dot),
+        ):
             merged = np.empty((urows.size, depth), dtype=table.dtype)
             flat = merged.reshape(-1)
-            flat[at_old] = table[urows][keep_old]
+            flat[at_old] = old[keep_old]
             flat[at_new] = new[keep_new]
             table[urows] = merged
 
