@@ -11,9 +11,15 @@ from gur_lightning.clustering.jaccard import (
     JaccardTimings,
     half_k,
     min_sum_to_distance,
+    shared_support_pairs,
     similarity_threshold,
 )
+from gur_lightning.clustering.knn import _load_compiled_kernels
 from tests.clustering.reference import reference_jaccard
+
+KERNELS = _load_compiled_kernels()
+needs_numba = pytest.mark.skipif(KERNELS is None, reason="numba kernels unavailable")
+KERNEL_CHOICES = ["numpy", pytest.param("numba", marks=needs_numba)]
 
 
 def _clustered(n: int, d: int, per: int = 15, spread: float = 0.7, seed: int = 0) -> np.ndarray:
@@ -55,11 +61,12 @@ def _cae_like(n: int) -> np.ndarray:
     return np.concatenate([a, b], 1).astype(np.float32)
 
 
+@pytest.mark.parametrize("kernels", KERNEL_CHOICES)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_dense_equals_reference_port(case):
+def test_dense_equals_reference_port(case, kernels):
     x = CASES[case]()
     ref = reference_jaccard(x, 30, 6)
-    ours = jaccard_distance(x, 30, 6)
+    ours = jaccard_distance(x, 30, 6, kernels=kernels)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
     # Not a vacuous match: the clustered cases have many close pairs.
@@ -74,11 +81,12 @@ def test_dense_equals_reference_other_k(k1, k2):
     )
 
 
+@pytest.mark.parametrize("kernels", KERNEL_CHOICES)
 @pytest.mark.parametrize("max_distance", [0.0, 0.3, 0.6, 0.95])
-def test_sparse_holds_exactly_the_pairs_within_max_distance(max_distance):
+def test_sparse_holds_exactly_the_pairs_within_max_distance(max_distance, kernels):
     x = _with_duplicates(_clustered(220, 32, per=25, seed=3))
-    dense = jaccard_distance(x)
-    graph = jaccard_distance(x, max_distance=max_distance)
+    dense = jaccard_distance(x, kernels="numpy")
+    graph = jaccard_distance(x, max_distance=max_distance, kernels=kernels)
     assert sp.issparse(graph) and graph.format == "csr"
     assert graph.has_sorted_indices
     stored = np.zeros(dense.shape, dtype=bool)
@@ -177,3 +185,52 @@ def test_integer_and_float64_input_are_cast():
     np.testing.assert_array_equal(
         jaccard_distance(x.astype(np.float64), 10, 3), jaccard_distance(x, 10, 3)
     )
+
+
+def _pair_table(rows, cols, dist) -> dict:
+    return {(int(i), int(j)): float(d) for i, j, d in zip(rows, cols, dist, strict=True)}
+
+
+@needs_numba
+@pytest.mark.parametrize("max_distance", [None, 0.6])
+@pytest.mark.parametrize(("chunk_rows", "reorder"), [(4, True), (64, False), (7, True)])
+def test_compiled_accumulation_equals_a_plain_pair_loop(max_distance, chunk_rows, reorder):
+    """Shared-support sums against a loop over all pairs; compiled and numpy bit for bit."""
+    rng = np.random.default_rng(chunk_rows)
+    n = 90
+    dense = rng.random((n, n)).astype(np.float32)
+    dense[dense < 0.9] = 0.0  # ~9 entries per row
+    dense[[3, 40]] = 0.0  # rows without support: d = 1 to everyone, themselves included
+    dense /= np.maximum(dense.sum(1, keepdims=True), 1e-30)
+    vqe = sp.csr_matrix(dense)
+    vqe.sort_indices()
+    expect = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            s = float(np.minimum(dense[i].astype(np.float64), dense[j]).sum())
+            if s == 0.0:
+                continue
+            d = float(min_sum_to_distance(np.array([s]))[0])
+            if max_distance is None or d <= np.float32(max_distance):
+                expect[(i, j)] = d
+    results = [
+        shared_support_pairs(vqe, max_distance, chunk_rows, reorder, compiled)
+        for compiled in (None, KERNELS)
+    ]
+    tables = []
+    for rows, cols, dist, diag, contributions in results:
+        # One entry per unordered pair; orient it (i < j) to compare with the loop.
+        oriented = _pair_table(np.minimum(rows, cols), np.maximum(rows, cols), dist)
+        assert len(oriented) == rows.size
+        assert oriented.keys() == expect.keys()
+        np.testing.assert_allclose(
+            [oriented[k] for k in expect], list(expect.values()), atol=1e-6, rtol=0
+        )
+        assert diag[3] == diag[40] == 1.0
+        tables.append((oriented, diag, contributions))
+    (plain, plain_diag, plain_count), (fast, fast_diag, fast_count) = tables
+    assert plain == fast  # identical float32 distances, not merely close
+    np.testing.assert_array_equal(plain_diag, fast_diag)
+    # Each shared column of each unordered pair is one addition.
+    nnz_per_col = np.diff(vqe.tocsc().indptr)
+    assert plain_count == fast_count == int((nnz_per_col * (nnz_per_col - 1) // 2).sum())

@@ -2,8 +2,19 @@ import numpy as np
 import pytest
 import torch
 
-from gur_lightning.clustering.knn import RANK_MERGE_WIDTH, _Pool, exact_knn, faiss_available
+from gur_lightning.clustering import knn as knn_module
+from gur_lightning.clustering.knn import (
+    RANK_MERGE_WIDTH,
+    _Pool,
+    exact_knn,
+    faiss_available,
+    resolve_kernels,
+)
 from tests.clustering.reference import reference_knn
+
+KERNELS = knn_module._load_compiled_kernels()
+needs_numba = pytest.mark.skipif(KERNELS is None, reason="numba kernels unavailable")
+SCAN_ENGINES = ["numpy", pytest.param("numba", marks=needs_numba)]
 
 
 def _sets_equal(a: np.ndarray, b: np.ndarray, boundaries) -> bool:
@@ -22,12 +33,13 @@ def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
+@pytest.mark.parametrize("kernels", SCAN_ENGINES)
 @pytest.mark.parametrize("block_size", [64, 97, 4096])
-def test_matches_float64_brute_force_with_duplicates(block_size):
+def test_matches_float64_brute_force_with_duplicates(block_size, kernels):
     x = _clustered(400, 24)
     x[[7, 150, 399]] = x[3]  # exact duplicates: ties resolved by index
     ref = reference_knn(x, 30)
-    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=block_size)
+    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=block_size, kernels=kernels)
     assert res.indices.shape == (400, 30)
     assert _sets_equal(res.indices, ref, (6, 16, 30))
     # dots are the float32 inner products of the listed pairs
@@ -129,8 +141,6 @@ def test_faiss_backend_matches():
 
 def test_row_chunk_engine_matches_blocked_engine():
     # The GPU engine (row chunks + topk) is device-agnostic: run it on CPU tensors here.
-    from gur_lightning.clustering import knn as knn_module
-
     x = _clustered(500, 16, seed=8)
     norms = (x * x).sum(1)
     chunked = knn_module._chunked_gpu_pool(torch.from_numpy(x), 39, None)
@@ -150,22 +160,22 @@ def test_cuda_matches_cpu():
     assert _sets_equal(cpu.indices, gpu.indices, (6, 16, 30))
 
 
+@pytest.mark.parametrize("kernels", SCAN_ENGINES)
 @pytest.mark.parametrize("threads", [1, 3])
-def test_pipelined_workers_give_the_serial_result(threads):
+def test_pipelined_workers_give_the_serial_result(threads, kernels):
     """T workers multiply blocks on one thread each and scan in turn: same pool, same truth."""
-    from gur_lightning.clustering import knn as knn_module
-
     x = _clustered(600, 20, seed=3)
     x[[5, 300, 599]] = x[2]  # exact duplicates across blocks
     norms = (x * x).sum(1)
+    compiled = resolve_kernels(kernels)
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        serial = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None)
+        serial = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
         torch.set_num_threads(threads)
-        pooled = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None)
+        pooled = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
         assert torch.get_num_threads() == threads  # the caller's thread count is restored
-        res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=64)
+        res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=64, kernels=kernels)
     finally:
         torch.set_num_threads(saved)
     np.testing.assert_array_equal(pooled.idx, serial.idx)
@@ -173,7 +183,7 @@ def test_pipelined_workers_give_the_serial_result(threads):
     assert _sets_equal(res.indices, reference_knn(x, 30), (6, 16, 30))
 
 
-@pytest.mark.parametrize("max_per_row", [1, 5, RANK_MERGE_WIDTH])
+@pytest.mark.parametrize("max_per_row", [1, 5, RANK_MERGE_WIDTH, 3 * RANK_MERGE_WIDTH])
 def test_pool_merge_is_a_stable_cut_with_ties(max_per_row: int) -> None:
     """Rank merges against a plain per-row list: stable sort by descending key, cut at depth."""
     rng = np.random.default_rng(max_per_row)
@@ -208,3 +218,95 @@ def test_pool_merge_is_a_stable_cut_with_ties(max_per_row: int) -> None:
         assert pool.key[r, : len(kept[r])].tolist() == [k for k, _, _ in kept[r]]
         assert pool.dot[r, : len(kept[r])].tolist() == pytest.approx([d for *_, d in kept[r]])
         assert (pool.idx[r, len(kept[r]) :] == -1).all()
+
+
+def _integer_points(n: int, d: int, seed: int) -> np.ndarray:
+    """Small-integer points: float32 products are exact, and equal keys abound."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
+    x[rng.integers(0, n, size=n // 10)] = x[0]  # exact duplicates
+    return x
+
+
+@needs_numba
+@pytest.mark.parametrize(("n", "block", "depth"), [(300, 64, 12), (150, 47, 39), (30, 8, 40)])
+def test_compiled_scan_keeps_the_exact_top_keys_like_the_numpy_scan(n, block, depth):
+    """Both scans hold each row's best ``depth`` keys; on ties they keep the same entries.
+
+    Integer points make every float32 key exact, so the truth is a plain per-row sort of
+    ``2 x_i.x_j - |x_j|^2`` in integers. Which of several equal keys at a row's cut survive
+    depends on the scan order, so the compiled scan must match the numpy one entry by entry.
+    """
+    x = _integer_points(n, 5, seed=n)
+    norms = (x * x).sum(1)
+    xt = torch.from_numpy(x)
+    compiled = knn_module._blocked_cpu_pool(xt, norms, depth, block, None, KERNELS)
+    plain = knn_module._blocked_cpu_pool(xt, norms, depth, block, None, None)
+    np.testing.assert_array_equal(compiled.idx, plain.idx)
+    np.testing.assert_array_equal(compiled.key, plain.key)
+    np.testing.assert_array_equal(compiled.dot, plain.dot)
+    xi = x.astype(np.int64)
+    gram = xi @ xi.T
+    keys = 2 * gram - (xi * xi).sum(1)[None, :]
+    kept = min(depth, n)
+    for i in range(n):
+        best = np.sort(keys[i])[::-1][:kept]
+        assert compiled.key[i, :kept].tolist() == best.tolist()
+        cut = best[-1]
+        above = set(np.flatnonzero(keys[i] > cut).tolist())
+        held = compiled.idx[i, :kept]
+        assert above <= set(held.tolist())
+        # Every held entry is a real pair with its own key and inner product.
+        assert (keys[i, held] == compiled.key[i, :kept]).all()
+        assert (gram[i, held] == compiled.dot[i, :kept]).all()
+        assert (compiled.idx[i, kept:] == -1).all()
+        assert len(set(held.tolist())) == kept
+
+
+@needs_numba
+def test_compiled_scan_reads_non_contiguous_blocks_and_short_edges():
+    """The last block is narrower than the buffer it is a view of (rows strided by ``side``)."""
+    x = _clustered(203, 12, seed=9)
+    res_numba = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=64, kernels="numba")
+    res_numpy = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=64, kernels="numpy")
+    np.testing.assert_array_equal(res_numba.indices, res_numpy.indices)
+    np.testing.assert_array_equal(res_numba.dots, res_numpy.dots)
+    assert _sets_equal(res_numba.indices, reference_knn(x, 30), (6, 16, 30))
+
+
+def test_kernels_choice_and_fallback(monkeypatch, caplog):
+    with pytest.raises(ValueError, match="kernels must be 'auto', 'numba' or 'numpy'"):
+        exact_knn(_clustered(20, 4), 3, kernels="cython")
+    assert resolve_kernels("numpy") is None
+    # Without numba, "auto" falls back to numpy and an explicit "numba" says what to do.
+    monkeypatch.setattr(knn_module, "_load_compiled_kernels", lambda: None)
+    assert resolve_kernels("auto") is None
+    with pytest.raises(ValueError, match="pip install numba"):
+        resolve_kernels("numba")
+    x = _clustered(100, 8, seed=1)
+    np.testing.assert_array_equal(exact_knn(x, 10).indices, reference_knn(x, 10)[:, :10])
+
+
+def test_kernel_import_failure_is_logged_once(monkeypatch, caplog):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_kernels(name, globals=None, locals=None, fromlist=(), level=0):
+        if fromlist and "_kernels" in fromlist:
+            raise ImportError("No module named 'numba'")
+        return real_import(name, globals, locals, fromlist, level)
+
+    loader = knn_module._load_compiled_kernels
+    loader.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_kernels)
+    try:
+        with caplog.at_level("WARNING"):
+            assert loader() is None
+            assert loader() is None
+    finally:
+        monkeypatch.undo()
+        loader.cache_clear()
+    messages = [r.getMessage() for r in caplog.records if "numba kernels" in r.getMessage()]
+    assert len(messages) == 1 and "No module named 'numba'" in messages[0]
+    assert loader() is KERNELS

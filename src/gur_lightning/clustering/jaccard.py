@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,12 @@ from gur_lightning.clustering.knn import (
     DEFAULT_POOL_EXTRA,
     DEFAULT_PROPOSAL_MARGIN,
     DEFAULT_TIE_TOLERANCE,
+    KernelChoice,
     KnnBackend,
     KnnResult,
     exact_knn,
     pair_dots,
+    resolve_kernels,
 )
 from gur_lightning.utils.logging import get_logger
 
@@ -220,6 +223,7 @@ def shared_support_pairs(
     max_distance: float | None,
     chunk_rows: int = JACCARD_CHUNK_ROWS,
     reorder: bool = True,
+    compiled: ModuleType | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Step 6: Jaccard distances of all pairs ``i != j`` with a shared column of ``V_qe``.
 
@@ -235,6 +239,9 @@ def shared_support_pairs(
             shared column.
         chunk_rows: Rows per chunk.
         reorder: Process rows in :func:`locality_order` (same result, faster).
+        compiled: The numba kernels module (:func:`~gur_lightning.clustering.knn.resolve_kernels`)
+            to accumulate each row into a dense scratch row instead of the numpy chunks; the
+            sums, hence the distances, are bit for bit the same.
 
     Returns:
         ``(rows, cols, dist, diag, contributions)``: one entry per unordered pair (original
@@ -247,8 +254,13 @@ def shared_support_pairs(
     vp = vqe[perm] if reorder and n > chunk_rows else vqe
     indptr, indices, data = vp.indptr.astype(np.int64), vp.indices, vp.data
     row_of_entry = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    # Position of every CSR entry inside the CSC posting lists (rows ascending per column).
-    csc_order = np.argsort(indices, kind="stable")
+    # Position of every CSR entry inside the CSC posting lists (rows ascending per column):
+    # scipy's CSR -> CSC conversion is a counting sort that keeps row order inside a column,
+    # so converting the entry numbers gives the stable column order (8x a stable argsort).
+    entry_ids = sp.csr_matrix(
+        (np.arange(indices.size, dtype=np.int64), indices, indptr), shape=(n, n)
+    )
+    csc_order = np.ascontiguousarray(entry_ids.tocsc().data, dtype=np.int64)
     pos_in_csc = np.empty(indices.size, dtype=np.int64)
     pos_in_csc[csc_order] = np.arange(indices.size)
     colptr = np.zeros(n + 1, dtype=np.int64)
@@ -301,17 +313,43 @@ def shared_support_pairs(
         found = (chunk_pairs(r0, min(r0 + chunk_rows, n), flags, local) for r0 in chunk_starts)
         return [part for part in found if part is not None]
 
-    # numpy releases the GIL in the gathers, ufuncs and bincount that make up a chunk, so the
-    # chunks are shared out among threads (torch's thread count, which the caller sets): about
-    # 1.8x on 2 cores. Interleaved shares balance the load; the result does not depend on it.
+    def compiled_worker(chunk_starts: list[int]) -> list[tuple]:
+        # One dense float64 scratch row per worker, reset entry by entry as it is read.
+        assert compiled is not None
+        acc = np.zeros(n, dtype=np.float64)
+        seen = np.full(n, -1, dtype=np.int64)
+        rows = [np.arange(r0, min(r0 + chunk_rows, n), dtype=np.int64) for r0 in chunk_starts]
+        li, lj, dist, total = compiled.shared_support_rows(
+            np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+            indptr,
+            indices.astype(np.int64),
+            np.ascontiguousarray(data, dtype=np.float32),
+            pos_in_csc,
+            colptr,
+            csc_rows,
+            np.ascontiguousarray(csc_vals, dtype=np.float32),
+            float(s_min),
+            np.float32(1.0 if max_distance is None else max_distance),
+            max_distance is not None,
+            acc,
+            seen,
+        )
+        return [(perm[li], perm[lj], dist, int(total))]
+
+    share = worker if compiled is None else compiled_worker
+
+    # numpy releases the GIL in the gathers, ufuncs and bincount that make up a chunk, and the
+    # compiled kernel releases it throughout, so the chunks are shared out among threads
+    # (torch's thread count, which the caller sets): about 1.8x on 2 cores. Interleaved shares
+    # balance the load; the result does not depend on it.
     chunk_starts = list(range(0, n, chunk_rows))
     workers = max(1, min(torch.get_num_threads(), len(chunk_starts)))
     if workers == 1:
-        parts = worker(chunk_starts)
+        parts = share(chunk_starts)
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaccard") as pool:
-            shares = pool.map(worker, [chunk_starts[w::workers] for w in range(workers)])
-            parts = [part for share in shares for part in share]
+            shares = pool.map(share, [chunk_starts[w::workers] for w in range(workers)])
+            parts = [part for result in shares for part in result]
     out_rows = [part[0] for part in parts]
     out_cols = [part[1] for part in parts]
     out_dist = [part[2] for part in parts]
@@ -359,6 +397,7 @@ def jaccard_distance(
     pool_extra: int = DEFAULT_POOL_EXTRA,
     proposal_dtype: Any | None = None,
     proposal_margin: int = DEFAULT_PROPOSAL_MARGIN,
+    kernels: KernelChoice = "auto",
     timings: JaccardTimings | None = None,
 ) -> np.ndarray | sp.csr_matrix:
     """k-reciprocal Jaccard distance of method.md §7.2 (the reference's ``search_option=3``).
@@ -384,6 +423,9 @@ def jaccard_distance(
         proposal_dtype: ``torch.bfloat16`` / ``torch.float16`` proposals with certified exact
             rescoring, or ``None`` (float32 product).
         proposal_margin: Extra proposed candidates per row.
+        kernels: ``"auto"``, ``"numba"`` or ``"numpy"``: compiled or numpy kNN block scan and
+            Jaccard accumulation (:func:`~gur_lightning.clustering.knn.resolve_kernels`); the
+            result is the same.
         timings: Optional record filled with per-step seconds and sizes.
 
     Returns:
@@ -424,6 +466,7 @@ def jaccard_distance(
         pool_extra=pool_extra,
         proposal_dtype=proposal_dtype,
         proposal_margin=proposal_margin,
+        kernels=kernels,
     )
     timings.knn = knn.seconds
     timings.knn_rows_rescored = knn.rows_rescored
@@ -438,7 +481,9 @@ def jaccard_distance(
     del v_mat, e_mat
     t1 = time.perf_counter()
     timings.weights = t1 - t0
-    rows, cols, dist, diag, contributions = shared_support_pairs(vqe, max_distance)
+    rows, cols, dist, diag, contributions = shared_support_pairs(
+        vqe, max_distance, compiled=resolve_kernels(kernels)
+    )
     timings.contributions = contributions
     timings.pairs_kept = int(rows.size)
     if max_distance is None:
