@@ -11,10 +11,11 @@ from gur_lightning.clustering.jaccard import (
     JaccardTimings,
     half_k,
     min_sum_to_distance,
+    reciprocal_expansion,
     shared_support_pairs,
     similarity_threshold,
 )
-from gur_lightning.clustering.knn import _load_compiled_kernels
+from gur_lightning.clustering.knn import _load_compiled_kernels, exact_knn
 from tests.clustering.reference import reference_jaccard
 
 KERNELS = _load_compiled_kernels()
@@ -234,3 +235,36 @@ def test_compiled_accumulation_equals_a_plain_pair_loop(max_distance, chunk_rows
     # Each shared column of each unordered pair is one addition.
     nnz_per_col = np.diff(vqe.tocsc().indptr)
     assert plain_count == fast_count == int((nnz_per_col * (nnz_per_col - 1) // 2).sum())
+
+
+@pytest.mark.parametrize("kernels", KERNEL_CHOICES)
+@pytest.mark.parametrize("k1", [4, 20, 30])
+def test_reciprocal_expansion_equals_the_set_definitions(k1, kernels):
+    """A, H and E against method.md §7.2 steps 2-3 written as Python set loops."""
+    x = _with_duplicates(_clustered(160, 12, per=12, seed=k1))
+    knn = exact_knn(x, k1).indices
+    kh = min(half_k(k1) + 1, k1)
+
+    def reciprocal(k: int) -> list[set[int]]:
+        near = [set(knn[i, :k].tolist()) for i in range(len(knn))]
+        return [{j for j in near[i] if i in near[j]} for i in range(len(knn))]
+
+    a_sets, h_sets = reciprocal(k1), reciprocal(kh)
+    e_sets = []
+    for a in a_sets:
+        e = set(a)
+        for c in a:
+            if len(h_sets[c] & a) > 2 / 3 * len(h_sets[c]):
+                e |= h_sets[c]
+        e_sets.append(e)
+    compiled = KERNELS if kernels == "numba" else None
+    mats = reciprocal_expansion(knn, k1, compiled)
+    for mat, sets in zip(mats, (a_sets, h_sets, e_sets), strict=True):
+        mat = mat.tocsr()
+        assert mat.has_sorted_indices or kernels == "numpy"
+        for i in range(len(knn)):
+            row = mat.indices[mat.indptr[i] : mat.indptr[i + 1]]
+            assert set(row.tolist()) == sets[i]
+            assert len(row) == len(sets[i])
+    if k1 >= 20:  # not vacuous: the expansion adds members beyond A for some rows
+        assert sum(len(e) > len(a) for a, e in zip(a_sets, e_sets, strict=True)) > 0

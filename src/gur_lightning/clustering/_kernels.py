@@ -1,20 +1,23 @@
-"""Compiled (numba) scan of Gram blocks into the kNN candidate pool.
+"""Compiled (numba) kernels of the pseudo-label engine; numpy / scipy paths are the fallback.
 
-The CPU kNN (:mod:`gur_lightning.clustering.knn`) multiplies blocks of the symmetric Gram
-matrix and keeps, per row, the best ``depth`` candidates by float32 key ``2 x_i.x_j - |x_j|^2``
-(performance.md, techniques 1-2). In numpy the upkeep of that pool costs a third of the kNN at
-N = 10,000: four full passes over every block to find the candidates that beat a row's or a
-column's threshold, then sorting the survivors into the pool in batches. Here each block is
-read once and each survivor is placed by an insertion into its row's sorted pool, with the
-thresholds always current.
+* kNN block scan (:func:`seed_rows`, :func:`scan_block`). The CPU kNN
+  (:mod:`gur_lightning.clustering.knn`) multiplies blocks of the symmetric Gram matrix and
+  keeps, per row, the best ``depth`` candidates by float32 key ``2 x_i.x_j - |x_j|^2``
+  (performance.md, techniques 1-2). In numpy the upkeep of that pool costs a third of the kNN
+  at N = 10,000: four full passes over every block to find the candidates that beat a row's or
+  a column's threshold, then sorting the survivors into the pool in batches. Here each block is
+  read once and each survivor is inserted into its row's sorted pool, thresholds always
+  current. The pools equal the numpy scan's exactly: the same float32 keys (``2 g`` is exact,
+  then one rounded subtraction), the same strict comparison against a row's last key, and on
+  equal keys the entry already in the pool (or, when seeding, the lower column) first.
+* k-reciprocal sets and their expansion (:func:`reciprocal_expansion_sets`, method.md §7.2
+  steps 2-3), row by row instead of by sparse matrix algebra: the same sets.
+* Jaccard accumulation on shared support (:func:`shared_support_rows`, step 6) into a dense
+  scratch row, in the numpy path's order of additions: bit for bit the same sums.
 
-The kernels give the pools of the numpy scan exactly: the same float32 keys (``2 g`` is exact,
-then one rounded subtraction), the same strict comparison against a row's last key, and on
-equal keys the entry already in the pool (or, when seeding, the lower column) first.
-
-They are compiled on import (explicit signatures) and cached on disk by numba, so only the
-first import after an install pays for the compilation. All release the GIL: the kNN's two
-workers run one kernel beside the other's matrix product.
+Kernels with a signature are compiled on import and cached on disk by numba, so only the
+first import after an install pays for the compilation (a few seconds). All release the GIL,
+so the kNN's and the Jaccard step's worker threads run them side by side.
 """
 
 from __future__ import annotations
@@ -254,3 +257,109 @@ def shared_support_rows(
             out_d[kept] = d
             kept += 1
     return out_i[:kept].copy(), out_j[:kept].copy(), out_d[:kept].copy(), contributions
+
+
+@numba.njit(nogil=True, cache=True)
+def _sort_small(a: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Sort a short array in place (insertion sort: no allocation, fast below ~100 entries)."""
+    for p in range(1, a.shape[0]):
+        v = a[p]
+        q = p
+        while q > 0 and a[q - 1] > v:
+            a[q] = a[q - 1]
+            q -= 1
+        a[q] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def _reciprocal_lists(
+    knn: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """k-reciprocal neighbours ``{j in N(i, k) : i in N(j, k)}`` of every row, ascending.
+
+    Returns:
+        ``(members (N, k) int64 padded with -1, counts (N,) int64)``.
+    """
+    n = knn.shape[0]
+    members = np.full((n, k), -1, dtype=np.int64)
+    counts = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        m = 0
+        for a in range(k):
+            j = knn[i, a]
+            for b in range(k):
+                if knn[j, b] == i:
+                    members[i, m] = j
+                    m += 1
+                    break
+        _sort_small(members[i, :m])
+        counts[i] = m
+    return members, counts
+
+
+@numba.njit(
+    "Tuple((int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64[::1]))"
+    "(int64[:, :], int64, int64)",
+    nogil=True,
+    cache=True,
+)
+def reciprocal_expansion_sets(
+    knn: np.ndarray, k1: int, kh: int
+) -> tuple[np.ndarray, ...]:  # pragma: no cover - compiled
+    """Steps 2-3 of method.md §7.2: sets ``A_i = R(i, k1)``, ``H_i = R(i, kh)`` and ``E_i``.
+
+    ``E_i`` is ``A_i`` joined with every ``H_c`` (``c`` in ``A_i``) that shares more than two
+    thirds of its members with ``A_i``, tested in integers: ``3 |H_c ∩ A_i| > 2 |H_c|``.
+
+    Args:
+        knn: (N, >= k1) int64 neighbour lists including the point itself, nearest first.
+        k1: Size of the reciprocal neighbourhood.
+        kh: Size of the half neighbourhood (``round(k1 / 2) + 1``, at most k1).
+
+    Returns:
+        CSR ``(indptr, indices)`` of A, H and E in that order, indices ascending per row.
+    """
+    n = knn.shape[0]
+    a_members, a_counts = _reciprocal_lists(knn, k1)
+    h_members, h_counts = _reciprocal_lists(knn, kh)
+    a_ptr = np.zeros(n + 1, dtype=np.int64)
+    h_ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        a_ptr[i + 1] = a_ptr[i] + a_counts[i]
+        h_ptr[i + 1] = h_ptr[i] + h_counts[i]
+    a_idx = np.empty(a_ptr[n], dtype=np.int64)
+    h_idx = np.empty(h_ptr[n], dtype=np.int64)
+    for i in range(n):
+        a_idx[a_ptr[i] : a_ptr[i + 1]] = a_members[i, : a_counts[i]]
+        h_idx[h_ptr[i] : h_ptr[i + 1]] = h_members[i, : h_counts[i]]
+    in_a = np.full(n, -1, dtype=np.int64)
+    in_e = np.full(n, -1, dtype=np.int64)
+    row = np.empty(k1 + k1 * kh, dtype=np.int64)
+    e_ptr = np.zeros(n + 1, dtype=np.int64)
+    e_idx = np.empty(max(1, a_ptr[n] * 2), dtype=np.int64)
+    for i in range(n):
+        size = 0
+        for p in range(a_ptr[i], a_ptr[i + 1]):
+            in_a[a_idx[p]] = i
+            in_e[a_idx[p]] = i
+            row[size] = a_idx[p]
+            size += 1
+        for p in range(a_ptr[i], a_ptr[i + 1]):
+            c = a_idx[p]
+            shared = 0
+            for q in range(h_ptr[c], h_ptr[c + 1]):
+                if in_a[h_idx[q]] == i:
+                    shared += 1
+            if 3 * shared > 2 * (h_ptr[c + 1] - h_ptr[c]):
+                for q in range(h_ptr[c], h_ptr[c + 1]):
+                    m = h_idx[q]
+                    if in_e[m] != i:
+                        in_e[m] = i
+                        row[size] = m
+                        size += 1
+        if e_ptr[i] + size > e_idx.shape[0]:
+            e_idx = _grow(e_idx, 2 * (e_ptr[i] + size))
+        _sort_small(row[:size])
+        e_idx[e_ptr[i] : e_ptr[i] + size] = row[:size]
+        e_ptr[i + 1] = e_ptr[i] + size
+    return a_ptr, a_idx, h_ptr, h_idx, e_ptr, e_idx[: e_ptr[n]].copy()

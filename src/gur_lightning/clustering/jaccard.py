@@ -104,19 +104,31 @@ def _indicator(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:
 
 
 def reciprocal_expansion(
-    knn: np.ndarray, k1: int
+    knn: np.ndarray, k1: int, compiled: ModuleType | None = None
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
     """Steps 2-3 of method.md §7.2: k-reciprocal sets and their 2/3 expansion.
 
     Args:
         knn: (N, >= k1) int64 neighbour lists incl. self, nearest first.
         k1: Neighbourhood size.
+        compiled: The numba kernels module to build the sets row by row (same sets) instead of
+            by sparse matrix algebra.
 
     Returns:
         ``(A, H, E)``: 0/1 CSR patterns of ``N(i, k1)``, ``N(i, round(k1/2))`` and the expanded
         set ``E_i``; rows index ``i``.
     """
     n = knn.shape[0]
+    if compiled is not None:
+        kh = min(half_k(k1) + 1, k1)
+        sets = compiled.reciprocal_expansion_sets(np.asarray(knn, dtype=np.int64), k1, kh)
+        a_mat, h_mat, e_mat = (
+            sp.csr_matrix(
+                (np.ones(idx.size, dtype=np.int32), idx.astype(np.int32), ptr), shape=(n, n)
+            )
+            for ptr, idx in (sets[0:2], sets[2:4], sets[4:6])
+        )
+        return a_mat, h_mat, e_mat
     rows = np.repeat(np.arange(n, dtype=np.int64), k1)
     k_mat = _indicator(rows, knn[:, :k1].reshape(-1), n)
     a_mat = k_mat.multiply(k_mat.T).tocsr()
@@ -473,7 +485,8 @@ def jaccard_distance(
     timings.knn_rows_recomputed = knn.rows_recomputed
     t0 = time.perf_counter()
     x = x_t.cpu().numpy()
-    _, _, e_mat = reciprocal_expansion(knn.indices, k1)
+    compiled = resolve_kernels(kernels)
+    _, _, e_mat = reciprocal_expansion(knn.indices, k1, compiled)
     v_mat = softmax_weights(x, knn, e_mat, k1)
     vqe = query_expansion(v_mat, knn.indices, k2)
     timings.nnz_expanded = int(e_mat.nnz)
@@ -482,7 +495,7 @@ def jaccard_distance(
     t1 = time.perf_counter()
     timings.weights = t1 - t0
     rows, cols, dist, diag, contributions = shared_support_pairs(
-        vqe, max_distance, compiled=resolve_kernels(kernels)
+        vqe, max_distance, compiled=compiled
     )
     timings.contributions = contributions
     timings.pairs_kept = int(rows.size)

@@ -206,7 +206,7 @@ def resolve_knn_backend(backend: str, run_device: torch.device) -> str:
 
 @functools.cache
 def _load_compiled_kernels() -> ModuleType | None:
-    """Import the numba scan kernels once; ``None`` (logged once) when they cannot be built.
+    """Import the numba kernels once; ``None`` (logged once) when they cannot be built.
 
     The import compiles them, or loads them from numba's on-disk cache.
     """
@@ -214,8 +214,8 @@ def _load_compiled_kernels() -> ModuleType | None:
         from gur_lightning.clustering import _kernels
     except Exception as err:  # numba missing, or too old / too new for this numpy
         log.warning(
-            "numba kernels unavailable (%s: %s); the kNN scans its Gram blocks with numpy, "
-            "about 0.2 s slower per 10,000 points",
+            "numba kernels unavailable (%s: %s); the pseudo-label engine uses its numpy paths "
+            "(same labels, about 0.3 s slower per 10,000 points)",
             type(err).__name__,
             err,
         )
@@ -224,14 +224,17 @@ def _load_compiled_kernels() -> ModuleType | None:
 
 
 def resolve_kernels(engine: str) -> ModuleType | None:
-    """Resolve the CPU kNN's block scan: the numba kernels module, or ``None`` for numpy.
+    """Resolve the pseudo-label engine's kernels: the numba module, or ``None`` for numpy.
+
+    They run the CPU kNN's block scan, the k-reciprocal expansion and the Jaccard accumulation;
+    either way the neighbours, sets and distances are the same.
 
     Args:
         engine: ``"auto"`` (numba when it can be imported, else numpy), ``"numba"`` or
             ``"numpy"``.
 
     Returns:
-        The compiled kernels module, or ``None`` for the numpy scan.
+        The compiled kernels module, or ``None`` for the numpy paths.
 
     Raises:
         ValueError: For an unknown name, or ``"numba"`` when the kernels cannot be built.
