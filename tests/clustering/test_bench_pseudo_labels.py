@@ -37,3 +37,13 @@ def test_benchmark_repeat_reports_medians_of_interleaved_rounds(capsys):
     assert record["repeat"] == 3 and len(rounds) == 3 and len(speedups) == 3
     assert record["seconds"] == round(float(np.median(rounds)), 3)
     assert record["identical"] is True
+
+
+def test_benchmark_reports_the_kernels_it_ran(capsys):
+    numpy_run = pseudo_labels.main(["--n", "300", "--dim", "16", "--kernels", "numpy"])
+    auto_run = pseudo_labels.main(["--n", "300", "--dim", "16", "--skip-baseline"])
+    capsys.readouterr()
+    assert numpy_run["kernels"] == "numpy" and numpy_run["identical"] is True
+    from gur_lightning.clustering.knn import _load_compiled_kernels
+
+    assert auto_run["kernels"] == ("numpy" if _load_compiled_kernels() is None else "numba")

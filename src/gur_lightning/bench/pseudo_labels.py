@@ -34,12 +34,14 @@ import torch.nn.functional as F
 
 DEFAULT_ARGS: list[list[str]] = [
     ["--n", "10000", "--threads", "2"],
+    ["--n", "10000", "--threads", "2", "--kernels", "numpy"],
     ["--n", "20000", "--skip-baseline", "--threads", "2"],
     ["--n", "34167", "--skip-baseline", "--threads", "1"],
     ["--n", "34167", "--skip-baseline", "--threads", "2"],
 ]
 """Thread counts are explicit (performance.md, technique 9): on a shared 2-core machine two
-OpenMP threads can lose to one, so the SYSU-size run is timed both ways."""
+OpenMP threads can lose to one, so the SYSU-size run is timed both ways. The second run shows
+what the numba kernels are worth (the numpy paths give the same labels)."""
 
 PROPOSALS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
 """``--proposal`` choices: the kNN's candidate-proposal product (certified, labels unchanged)."""
