@@ -49,6 +49,8 @@ def test_wrong_type_fails_at_composition():
     [
         ("cluster.eps=0", "cluster.eps"),
         ("cluster.eps=-0.2", "cluster.eps"),
+        ("cluster.kernels=cython", "cluster.kernels"),
+        ("cluster.knn_backend=annoy", "cluster.knn_backend"),
         ("data.num_instances=48", "data.visible_batch_size"),
         ("data.trial=11", "data.trial"),
         ("model.memory.momentum=1.5", "model.memory.momentum"),
@@ -69,3 +71,14 @@ def test_out_of_range_value_names_the_key(override, key):
 def test_sweep_override_of_interpolated_eps():
     cfg = _compose("+experiment=regdb", "data.root=/x", "cluster.eps=0.45")
     assert cfg.cluster.eps_inter_modality == 0.45
+
+
+def test_cluster_engine_options_reach_the_reclustering_callback():
+    from gur_lightning.train import build_reclustering
+
+    cfg = _compose(
+        "+experiment=regdb", "data.root=/x", "cluster.kernels=numpy", "cluster.knn_backend=torch"
+    )
+    validate_config(cfg)
+    callback = build_reclustering(cfg, [])
+    assert (callback.kernels, callback.knn_backend) == ("numpy", "torch")

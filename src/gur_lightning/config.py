@@ -175,6 +175,7 @@ class ClusterConfig:
         k1: k-reciprocal neighbourhood size (30).
         k2: Query-expansion neighbourhood size (6).
         knn_backend: ``auto``, ``torch`` or ``faiss``.
+        kernels: ``auto``, ``numba`` or ``numpy``: compiled or numpy pseudo-label kernels.
         cae_temperature: Softmax temperature of cross-memory association embeddings (0.05).
         cae_legacy_slicing: Reproduce the reference's camera-CAE slicing bug (§17.1).
         oracle: Ground-truth labels instead of clustering (the supervised upper bound only).
@@ -187,6 +188,7 @@ class ClusterConfig:
     k1: int = 30
     k2: int = 6
     knn_backend: str = "auto"
+    kernels: str = "auto"
     cae_temperature: float = 0.05
     cae_legacy_slicing: bool = False
     oracle: bool = False
@@ -325,6 +327,12 @@ def validate_config(cfg: DictConfig | TrainConfig) -> None:
         "cluster.knn_backend",
         c.knn_backend,
         "'auto', 'torch' or 'faiss'",
+    )
+    _check(
+        c.kernels in ("auto", "numba", "numpy"),
+        "cluster.kernels",
+        c.kernels,
+        "'auto', 'numba' or 'numpy'",
     )
     _check(c.cae_temperature > 0, "cluster.cae_temperature", c.cae_temperature, "> 0")
     _check(m.lr > 0, "model.lr", m.lr, "> 0")

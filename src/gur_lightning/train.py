@@ -134,6 +134,7 @@ def build_reclustering(cfg: DictConfig, phases: list[Phase]) -> Reclustering:
         k1=c.k1,
         k2=c.k2,
         knn_backend=c.knn_backend,
+        kernels=c.kernels,
         cae_temperature=c.cae_temperature,
         cae_legacy_slicing=c.cae_legacy_slicing,
         cmlu_topk=cfg.schedule.cmlu.topk,

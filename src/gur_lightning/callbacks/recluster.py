@@ -110,6 +110,7 @@ class Reclustering(Callback):
         k1: k-reciprocal neighbourhood size.
         k2: Query-expansion size.
         knn_backend: kNN backend of the Jaccard distance.
+        kernels: ``auto``, ``numba`` or ``numpy`` kernels of the Jaccard distance.
         cae_temperature: Softmax temperature of the CAE embeddings.
         cae_legacy_slicing: Reproduce the reference's camera-CAE slicing bug (§17.1).
         cmlu_topk: Neighbours of CMLU's propagation and smoothing.
@@ -141,6 +142,7 @@ class Reclustering(Callback):
         k1: int = 30,
         k2: int = 6,
         knn_backend: str = "auto",
+        kernels: str = "auto",
         cae_temperature: float = 0.05,
         cae_legacy_slicing: bool = False,
         cmlu_topk: int = 20,
@@ -158,6 +160,7 @@ class Reclustering(Callback):
         self.k1 = k1
         self.k2 = k2
         self.knn_backend = knn_backend
+        self.kernels = kernels
         self.cae_temperature = cae_temperature
         self.cae_legacy_slicing = cae_legacy_slicing
         self.cmlu_topk = cmlu_topk
@@ -517,6 +520,7 @@ class Reclustering(Callback):
             k1=self.k1,
             k2=self.k2,
             knn_backend=self.knn_backend,
+            kernels=self.kernels,
         )
 
     def _statistics(
