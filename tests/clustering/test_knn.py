@@ -310,3 +310,30 @@ def test_kernel_import_failure_is_logged_once(monkeypatch, caplog):
     messages = [r.getMessage() for r in caplog.records if "numba kernels" in r.getMessage()]
     assert len(messages) == 1 and "No module named 'numba'" in messages[0]
     assert loader() is KERNELS
+
+
+@pytest.mark.parametrize("size", [512, 1100, 2048])
+def test_diagonal_block_multiplied_as_a_recursive_triangle(size):
+    """Blocks of 512+ rows are split into triangles: the result is the full product, exactly
+    symmetric (every lower quarter is a transpose), and the strided buffer view is honoured."""
+    from gur_lightning.clustering.knn import MIN_DIAGONAL_SPLIT, _ProposalProduct
+
+    assert size >= 2 * MIN_DIAGONAL_SPLIT  # the split path, not one plain product
+    rng = np.random.default_rng(size)
+    # Small integers: every float32 product is exact, so the comparison can be exact too.
+    x = torch.from_numpy(rng.integers(-3, 4, size=(size + 7, 6)).astype(np.float32))
+    product = _ProposalProduct(x, None)
+    buf = torch.full((2048, 2048), np.nan)
+    g = product.diagonal(5, 5 + size, buf)
+    expect = (x[5 : 5 + size].double() @ x[5 : 5 + size].double().t()).numpy()
+    assert g.shape == (size, size)
+    np.testing.assert_array_equal(g, expect)
+    np.testing.assert_array_equal(g, g.T)
+
+
+@pytest.mark.parametrize("kernels", SCAN_ENGINES)
+def test_large_diagonal_blocks_give_the_float64_neighbours(kernels):
+    x = _clustered(1300, 16, seed=11)
+    x[[700, 1299]] = x[3]
+    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=1024, kernels=kernels)
+    assert _sets_equal(res.indices, reference_knn(x, 30), (6, 16, 30))
