@@ -32,7 +32,7 @@ import functools
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
@@ -591,7 +591,7 @@ def _blocked_cpu_pool(
 
 def _block_scanner(
     pool: _Pool, norms: np.ndarray, side: int, kernels: ModuleType | None
-) -> tuple[Any, Any]:
+) -> tuple[Callable[[np.ndarray, int, int], None], Callable[[], None]]:
     """Return ``(scan(g, s, t), finish())`` that feed Gram blocks into ``pool``.
 
     ``scan`` takes a (B, C) block ``X[s:s+B] X[t:t+C]^T`` (the whole block when ``s == t``);
