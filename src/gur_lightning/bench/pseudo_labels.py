@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gur_lightning.clustering.knn import KERNEL_CHOICES
+
 DEFAULT_ARGS: list[list[str]] = [
     ["--n", "10000", "--threads", "2"],
     ["--n", "10000", "--threads", "2", "--kernels", "numpy"],
@@ -286,9 +288,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--kernels",
-        choices=("auto", "numba", "numpy"),
+        choices=KERNEL_CHOICES,
         default="auto",
-        help="block scan of the CPU kNN (default: numba when installed; same labels either way)",
+        help="compiled (numba) or numpy kNN scan, reciprocal sets and Jaccard sums (default: "
+        "numba when installed; same labels either way)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--skip-baseline", action="store_true", help="only time the fast path")

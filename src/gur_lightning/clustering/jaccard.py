@@ -325,14 +325,10 @@ def shared_support_pairs(
         found = (chunk_pairs(r0, min(r0 + chunk_rows, n), flags, local) for r0 in chunk_starts)
         return [part for part in found if part is not None]
 
-    def compiled_worker(chunk_starts: list[int]) -> list[tuple]:
-        # One dense float64 scratch row per worker, reset entry by entry as it is read.
-        assert compiled is not None
-        acc = np.zeros(n, dtype=np.float64)
-        seen = np.full(n, -1, dtype=np.int64)
-        rows = [np.arange(r0, min(r0 + chunk_rows, n), dtype=np.int64) for r0 in chunk_starts]
-        li, lj, dist, total = compiled.shared_support_rows(
-            np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+    share = worker
+    if compiled is not None:
+        # The kernel's typed inputs, converted once and shared read-only by the workers.
+        kernel_inputs = (
             indptr,
             indices.astype(np.int64),
             np.ascontiguousarray(data, dtype=np.float32),
@@ -343,12 +339,23 @@ def shared_support_pairs(
             float(s_min),
             np.float32(1.0 if max_distance is None else max_distance),
             max_distance is not None,
-            acc,
-            seen,
         )
-        return [(perm[li], perm[lj], dist, int(total))]
+        kernel = compiled.shared_support_rows
 
-    share = worker if compiled is None else compiled_worker
+        def compiled_worker(chunk_starts: list[int]) -> list[tuple]:
+            # One dense float64 scratch row per worker, reset entry by entry as it is read.
+            acc = np.zeros(n, dtype=np.float64)
+            seen = np.full(n, -1, dtype=np.int64)
+            rows = [np.arange(r0, min(r0 + chunk_rows, n), dtype=np.int64) for r0 in chunk_starts]
+            li, lj, dist, total = kernel(
+                np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+                *kernel_inputs,
+                acc,
+                seen,
+            )
+            return [(perm[li], perm[lj], dist, int(total))]
+
+        share = compiled_worker
 
     # numpy releases the GIL in the gathers, ufuncs and bincount that make up a chunk, and the
     # compiled kernel releases it throughout, so the chunks are shared out among threads

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ log = get_logger(__name__)
 
 KnnBackend = Literal["auto", "torch", "faiss"]
 KernelChoice = Literal["auto", "numba", "numpy"]
+KERNEL_CHOICES: tuple[str, ...] = get_args(KernelChoice)
 
 DEFAULT_BLOCK_SIZE = 2048
 """Rows per block of the CPU Gram matrix: a 2048 x 2048 float32 block is 16 MB."""
@@ -240,7 +241,7 @@ def resolve_kernels(engine: str) -> ModuleType | None:
     Raises:
         ValueError: For an unknown name, or ``"numba"`` when the kernels cannot be built.
     """
-    if engine not in ("auto", "numba", "numpy"):
+    if engine not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be 'auto', 'numba' or 'numpy', got {engine!r}")
     if engine == "numpy":
         return None
