@@ -5,6 +5,8 @@ maxpool) of two of them and layer1-4 of the third (method.md §3). Here the stem
 conv1/bn1 only, which is the same function without the unused parameters (method.md §17.21).
 Both modalities pass the shared body in ONE call, so BatchNorm statistics are computed over the
 visible and infrared images together, as on a single reference replica (method.md §3, §17.15).
+With ``bn_replicas = R > 1`` every BatchNorm normalises per virtual DataParallel replica
+(:mod:`gur_lightning.models.replica_bn`), as the reference's four GPUs did.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from gur_lightning.models.replica_bn import convert_replica_batchnorm, set_replicas
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -63,8 +66,9 @@ class GeM(nn.Module):
     """Generalised-mean pooling with a fixed exponent (method.md §3).
 
     ``pool_c = (mean_{h,w} x_{c,h,w}^p + eps)^(1/p)``; the eps sits inside the root, after the
-    mean, exactly as in the reference. The pooling is computed in fp32 whatever the input dtype
-    (cubes of bf16 activations lose too much precision), so the features leave in fp32.
+    mean, exactly as in the reference. The pooling is computed in fp32 for half-precision inputs
+    (cubes of bf16 activations lose too much precision), so the features leave in fp32 (fp64
+    inputs stay fp64).
     """
 
     def __init__(self, p: float = GEM_P, eps: float = GEM_EPS) -> None:
@@ -81,9 +85,11 @@ class GeM(nn.Module):
             x: ``(B, C, H, W)`` non-negative activations (post-ReLU), any floating dtype.
 
         Returns:
-            ``(B, C)`` fp32.
+            ``(B, C)`` fp32 (fp64 for fp64 input).
         """
-        return (x.float().pow(self.p).mean(dim=(2, 3)) + self.eps).pow(1.0 / self.p)
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        return (x.pow(self.p).mean(dim=(2, 3)) + self.eps).pow(1.0 / self.p)
 
     def extra_repr(self) -> str:
         """Show the fixed exponent."""
@@ -238,9 +244,14 @@ class DualStreamResNet(nn.Module):
         non_local: Insert AGW non-local blocks (2 in layer2, 3 in layer3); off in the reference.
         non_local_pairwise: Pairwise function of the non-local blocks (see
             :class:`NonLocalBlock`).
+        bn_replicas: R, the ``nn.DataParallel`` replicas whose BatchNorm behaviour is
+            reproduced (1: plain BatchNorm over the whole batch). Under DDP with D processes,
+            :meth:`set_processes` gives each process R / D of them.
 
     Attributes:
         feature_dim: Output feature dimension D.
+        bn_replicas: R, over all processes.
+        local_replicas: Replicas in one forward call of this process (R / D).
         stems: ``ModuleDict`` with keys ``"visible"`` and ``"infrared"``.
         body: layer1-4, shared.
     """
@@ -254,8 +265,13 @@ class DualStreamResNet(nn.Module):
         pretrained: str | os.PathLike[str] | None = None,
         non_local: bool = False,
         non_local_pairwise: str = "embedded_gaussian",
+        bn_replicas: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(bn_replicas, bool) or not isinstance(bn_replicas, int) or bn_replicas < 1:
+            raise ValueError(
+                f"DualStreamResNet: bn_replicas must be an integer >= 1, got {bn_replicas!r}"
+            )
         if depth not in DEPTHS:
             raise ValueError(
                 f"DualStreamResNet: depth must be one of {sorted(DEPTHS)}, got {depth}"
@@ -313,6 +329,69 @@ class DualStreamResNet(nn.Module):
         nn.init.normal_(self.bnneck.weight, 1.0, BNNECK_WEIGHT_STD)
         nn.init.zeros_(self.bnneck.bias)
         self.bnneck.bias.requires_grad_(False)  # frozen BN-neck bias (method.md §3)
+        self.bn_replicas = bn_replicas
+        self.local_replicas = bn_replicas
+        if bn_replicas > 1:
+            convert_replica_batchnorm(self, bn_replicas)
+
+    def set_processes(self, processes: int) -> None:
+        """Spread the R virtual replicas over ``processes`` DDP ranks (R / D per rank).
+
+        Raises:
+            ValueError: When R is not a multiple of the process count, naming both.
+        """
+        if processes < 1:
+            raise ValueError(f"set_processes: need >= 1 process, got {processes}")
+        if self.bn_replicas == 1:
+            return  # plain BatchNorm (SyncBatchNorm under DDP when the trainer asks for it)
+        if self.bn_replicas % processes:
+            raise ValueError(
+                f"model.bn_replicas={self.bn_replicas} is not a multiple of the {processes} "
+                "training processes (devices x nodes): each process must hold a whole number "
+                "of virtual DataParallel replicas"
+            )
+        self.local_replicas = self.bn_replicas // processes
+        set_replicas(self, self.local_replicas)
+
+    def _replica_sizes(self, x_visible: Tensor | None, x_infrared: Tensor | None) -> list[int]:
+        """Rows per replica chunk of each given stream.
+
+        Raises:
+            ValueError: When a stream's batch does not split into the replicas of this process.
+        """
+        r = self.local_replicas
+        sizes: list[int] = []
+        for name, x in (("visible", x_visible), ("infrared", x_infrared)):
+            if x is None:
+                continue
+            if x.shape[0] % r:
+                raise ValueError(
+                    f"the {name} batch of {x.shape[0]} images does not split into {r} equal "
+                    f"DataParallel replica chunks (model.bn_replicas={self.bn_replicas} over "
+                    f"{self.bn_replicas // r} process(es)); make each stream's batch per "
+                    "process a multiple of the replicas per process"
+                )
+            sizes.append(x.shape[0] // r)
+        return sizes
+
+    def _replica_major(self, maps: list[Tensor], sizes: list[int]) -> Tensor:
+        """Concatenate the two streams so that each replica's rows are contiguous.
+
+        DataParallel scatters each input tensor into R contiguous chunks, and replica r runs
+        ``cat(visible chunk r, infrared chunk r)`` through the shared body. Laying the rows out
+        as ``[v_0, i_0, v_1, i_1, ...]`` lets every replica BatchNorm split its input into R
+        contiguous chunks.
+
+        Args:
+            maps: The visible and infrared stem outputs, ``(B_v, C, h, w)`` and
+                ``(B_i, C, h, w)``.
+            sizes: Their rows per replica, ``B_v / R`` and ``B_i / R``.
+
+        Returns:
+            ``(B_v + B_i, C, h, w)`` in replica-major order.
+        """
+        chunks = [m.split(size) for m, size in zip(maps, sizes, strict=True)]
+        return torch.cat([c[k] for k in range(self.local_replicas) for c in chunks])
 
     def forward(
         self, x_visible: Tensor | None = None, x_infrared: Tensor | None = None
@@ -337,13 +416,24 @@ class DualStreamResNet(nn.Module):
         """
         if x_visible is None and x_infrared is None:
             raise ValueError("DualStreamResNet.forward: give x_visible, x_infrared or both")
+        replicated = self.training and self.local_replicas > 1
+        # Checked before any layer runs, so that the error names the stream, not a BN layer.
+        sizes = self._replica_sizes(x_visible, x_infrared) if replicated else []
         maps: list[Tensor] = []
         if x_visible is not None:
             maps.append(self.stems["visible"](x_visible))
         if x_infrared is not None:
             maps.append(self.stems["infrared"](x_infrared))
+        if replicated and len(maps) == 2:
+            x = self._replica_major(maps, sizes)
+            feat = self.bnneck(self.pool(self.body(x)))
+            # Back to stream order: rows [r (n_v + n_i), r (n_v + n_i) + n_v) are visible.
+            per_replica = feat.split(sizes[0] + sizes[1])
+            f_v = torch.cat([part[: sizes[0]] for part in per_replica])
+            f_i = torch.cat([part[sizes[0] :] for part in per_replica])
+            return f_v, f_i
         x = maps[0] if len(maps) == 1 else torch.cat(maps)
-        feat = self.bnneck(self.pool(self.body(x)).float())
+        feat = self.bnneck(self.pool(self.body(x)))
         if not self.training:
             feat = F.normalize(feat, dim=1)
         if x_visible is None:

@@ -30,6 +30,7 @@ T = TypeVar("T")
 __all__ = [
     "RemoteError",
     "average_buffers",
+    "broadcast_buffers",
     "broadcast_object",
     "broadcast_result",
     "gather_by_index",
@@ -229,17 +230,43 @@ def average_buffers(module: nn.Module) -> None:
     if not is_distributed():
         return
     world = get_world_size()
-    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
-    for buf in module.buffers():
-        groups.setdefault((buf.dtype, buf.device), []).append(buf)
-    for (dtype, _device), bufs in groups.items():
-        flat = torch.cat([b.reshape(-1) for b in bufs])
-        if dtype.is_floating_point:
+
+    def average(flat: Tensor) -> None:
+        if flat.dtype.is_floating_point:
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat /= world
         else:
             dist.broadcast(flat, src=0)
+
+    _sync_buffers(module, average)
+
+
+def _sync_buffers(module: nn.Module, collective: Callable[[Tensor], None]) -> None:
+    """Run ``collective`` in place on the module's buffers, flattened per dtype and device."""
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for buf in module.buffers():
+        groups.setdefault((buf.dtype, buf.device), []).append(buf)
+    for bufs in groups.values():
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        collective(flat)
         offset = 0
         for b in bufs:
             b.copy_(flat[offset : offset + b.numel()].view_as(b))
             offset += b.numel()
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy every buffer of ``module`` from rank ``src`` to the other ranks, in place.
+
+    With DataParallel-exact BatchNorm (``model.bn_replicas > 1``) the running statistics are
+    those of virtual replica 0, which lives on rank 0: the other ranks' statistics come from
+    their own replicas and are replaced, as DataParallel discards its other replicas' updates.
+    Buffers are flattened per dtype and device into one collective each.
+
+    Args:
+        module: The module whose buffers are synchronised. No-op when world = 1.
+        src: The rank whose buffers are kept.
+    """
+    if not is_distributed():
+        return
+    _sync_buffers(module, lambda flat: dist.broadcast(flat, src=src))
