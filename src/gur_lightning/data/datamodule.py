@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -109,8 +110,9 @@ class VIReIDDataModule(L.LightningDataModule):
         height: Input height.
         width: Input width.
         num_instances: K images per identity in a batch.
-        visible_batch_size: Visible images per step and rank (each yields two views).
-        infrared_batch_size: Infrared images per step and rank.
+        visible_batch_size: Visible images per optimiser step over all ranks (the global batch;
+            each image yields two views). Each rank takes ``1 / world_size`` of it.
+        infrared_batch_size: Infrared images per optimiser step over all ranks.
         num_workers: Loader workers.
         eval_batch_size: Batch size for feature extraction.
         shrink_batch: Lower a phase's batch when its clustering has fewer pseudo-identities
@@ -121,10 +123,14 @@ class VIReIDDataModule(L.LightningDataModule):
             ``erasing_p`` and ``adap_gray_p`` (infrared only); missing keys keep the reference's
             values.
         seed: Seed of every training draw (combined with the phase index and the rank); >= 0.
+        bn_replicas: R, the DataParallel replicas of the BatchNorm layers
+            (``model.bn_replicas``): each rank's batch of each stream must split into
+            ``R / world_size`` equal chunks, so a shrunk batch is rounded down to keep that.
 
-    Under DDP every rank holds one DataModule: ``visible_batch_size`` and
-    ``infrared_batch_size`` are per rank (the global batch is ``world_size`` times larger) and
-    the identity sampler gives each rank a disjoint slice of identities at every step.
+    Under DDP every rank holds one DataModule. ``visible_batch_size`` and
+    ``infrared_batch_size`` are global: one optimiser step sees the same number of images on
+    1, 2, 4 or 8 devices, and the identity sampler gives each rank a disjoint slice of the
+    step's identities.
     """
 
     def __init__(
@@ -146,10 +152,14 @@ class VIReIDDataModule(L.LightningDataModule):
         min_identities: int = 2,
         augment: Mapping[str, Any] | None = None,
         seed: int = 1,
+        bn_replicas: int = 1,
     ) -> None:
         super().__init__()
         if seed < 0:
             raise ValueError(f"VIReIDDataModule: seed must be >= 0, got {seed}")
+        if bn_replicas < 1:
+            raise ValueError(f"VIReIDDataModule: bn_replicas must be >= 1, got {bn_replicas}")
+        self.bn_replicas = bn_replicas
         self.name = name
         self.root = str(root)
         self.trial = trial
@@ -357,24 +367,64 @@ class VIReIDDataModule(L.LightningDataModule):
         self._phase_index = phase_index
         self._skipped = False
 
+    def _per_rank(self, modality: Modality, batch_size: int, world: int) -> tuple[int, int]:
+        """This rank's share of a global batch, and the step its identity count must keep.
+
+        Returns:
+            ``(images per rank, P step)``: a batch of P identities per rank splits into the
+            rank's ``R / world`` replica chunks exactly when P is a multiple of the step (the
+            visible stream holds two views of every image).
+
+        Raises:
+            ValueError: When the global batch or R does not divide, naming the numbers.
+        """
+        key = f"data.{modality}_batch_size"
+        k = self.num_instances
+        if batch_size % (world * k):
+            raise ValueError(
+                f"{key}={batch_size} is the global batch: it must be a multiple of "
+                f"world_size x data.num_instances = {world} x {k} (every rank takes whole "
+                "identities of K images)"
+            )
+        if self.bn_replicas % world:
+            raise ValueError(
+                f"model.bn_replicas={self.bn_replicas} is not a multiple of the {world} "
+                "training processes"
+            )
+        local = self.bn_replicas // world
+        rows_per_identity = k * (2 if modality == "visible" else 1)
+        step = local // math.gcd(local, rows_per_identity)
+        per_rank = batch_size // world
+        if (per_rank // k) % step:
+            raise ValueError(
+                f"{key}={batch_size}: {per_rank} images per rank "
+                f"({per_rank * rows_per_identity // k} rows with the views) do not split into "
+                f"model.bn_replicas={self.bn_replicas} / {world} processes = {local} equal "
+                "replica chunks"
+            )
+        return per_rank, step
+
     def _phase_batch_size(
         self, labelled: LabelledSet, modality: Modality, batch_size: int, phase_index: int
     ) -> int:
-        """The configured batch, or a smaller one when the clustering has too few identities.
+        """This rank's batch: its share of the global one, or less when clusters are few.
 
         Early clusterings (random-init features, one camera) can find fewer pseudo-identities
         than P = batch / K. The reference then crashes (method.md §17.24); with
         ``shrink_batch`` the phase trains on every identity it has, P' = clusters // world per
-        rank, as long as P' >= ``min_identities``; otherwise the sampler refuses and the phase
-        is skipped.
+        rank (rounded down to keep the replica chunks equal), as long as
+        P' >= ``min_identities``; otherwise the sampler refuses and the phase is skipped.
         """
         world = max(1, get_world_size())
-        wanted = batch_size // self.num_instances
+        per_rank, step = self._per_rank(modality, batch_size, world)
+        wanted = per_rank // self.num_instances
         available = len(set(labelled.labels)) // world
+        available -= available % step
         if not self.shrink_batch or available >= wanted or available < self.min_identities:
-            return batch_size
+            return per_rank
         log.warning(
-            "phase %d: %d %s pseudo-identities for P=%d per batch; batch lowered to %d x %d",
+            "phase %d: %d %s pseudo-identities for P=%d per batch; batch lowered to %d x %d "
+            "(per rank)",
             phase_index,
             len(set(labelled.labels)),
             modality,
