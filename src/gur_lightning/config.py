@@ -17,6 +17,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
 
 DATASETS: tuple[str, ...] = ("sysu", "regdb", "llcm")
+#: The training regimes of the ``recipe`` config group (README, "Recipes").
+RECIPES: tuple[str, ...] = ("official", "fixed")
 
 
 @dataclass
@@ -152,6 +154,11 @@ class ModelConfig:
         loss_weight_visible: Weight of the visible InfoNCE term.
         loss_weight_infrared: Weight of the infrared InfoNCE term.
         channels_last: Use the channels-last memory format (faster on CPUs with bf16).
+        bn_replicas: R: every BatchNorm computes its training statistics per virtual
+            ``nn.DataParallel`` replica, as the reference's R GPUs did (each stream's batch split
+            into R contiguous chunks; running statistics from replica 0 only). 1 is one
+            BatchNorm over the whole batch (SyncBatchNorm under DDP). Under DDP with D
+            processes each holds R / D replicas. The official recipe uses 4.
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -161,6 +168,7 @@ class ModelConfig:
     loss_weight_visible: float = 1.0
     loss_weight_infrared: float = 1.0
     channels_last: bool = False
+    bn_replicas: int = 1
 
 
 @dataclass
@@ -204,12 +212,21 @@ class EvalConfig:
         max_trials: Use only the first N gallery trials (None: all, as published tables).
         within_modality: Also report the within-modality diagnostic (visible -> visible and
             infrared -> infrared on the test identities, Market-style; method.md §13.4).
+        select_on_test: Also report the figure the reference published: the test set scored
+            after every GUR epoch from ``select_on_test_from_epoch`` on (first protocol, first
+            gallery draw), the weights with the best mAP kept and evaluated with the full
+            protocol, as ``test_selected_on_test/...`` beside the last-epoch ``test/...``.
+            Optimistic by construction (a model chosen on its own test set); the official
+            recipe turns it on for comparison with published tables, nothing else uses it.
+        select_on_test_from_epoch: First GUR epoch scored for that selection (reference: 6).
     """
 
     val_every_n_epochs: int = 0
     test_after_fit: bool = True
     max_trials: int | None = None
     within_modality: bool = False
+    select_on_test: bool = False
+    select_on_test_from_epoch: int = 6
 
 
 @dataclass
@@ -245,6 +262,8 @@ class TrainConfig:
         eval: Evaluation settings.
         task_name: Name of the run folder family.
         experiment: Name of the experiment preset that was applied.
+        recipe: The training regime that was applied (``official``: what the published
+            numbers were trained with; ``fixed``: our corrections; README, "Recipes").
         seed: Global seed.
         ckpt_path: Checkpoint to resume from.
         tags: Free-form tags for the logger.
@@ -262,6 +281,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     task_name: str = "train"
     experiment: str = "none"
+    recipe: str = "fixed"
     seed: int = 1
     ckpt_path: str | None = None
     tags: list[str] = field(default_factory=list)
@@ -281,6 +301,74 @@ class ConfigError(ValueError):
 def _check(condition: bool, key: str, value: Any, expected: str) -> None:
     if not condition:
         raise ConfigError(f"config value {key}={value!r} is invalid: expected {expected}")
+
+
+def declared_processes(trainer: Any) -> int | None:
+    """Training processes a trainer config asks for (devices x nodes), None when not fixed.
+
+    ``devices: auto`` (or -1) depends on the machine, so it is only known inside the run.
+    """
+    trainer = trainer or {}
+    devices = trainer.get("devices", 1)
+    nodes = trainer.get("num_nodes", 1) or 1
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        count = len(devices)
+    elif isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        count = devices
+    elif isinstance(devices, str) and devices.strip().isdigit():
+        count = int(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    else:
+        return None
+    return count * int(nodes)
+
+
+def _validate_replicas(cfg: DictConfig | TrainConfig) -> None:
+    """``model.bn_replicas`` against the batch sizes, the process count and SyncBatchNorm."""
+    d, r = cfg.data, cfg.model.bn_replicas
+    _check(
+        not isinstance(r, bool) and isinstance(r, int) and r >= 1,
+        "model.bn_replicas",
+        r,
+        "an integer >= 1 (the DataParallel replicas whose BatchNorm is reproduced)",
+    )
+    # The visible stream holds two views of every image.
+    for key, rows in (
+        ("visible_batch_size", 2 * d.visible_batch_size),
+        ("infrared_batch_size", d.infrared_batch_size),
+    ):
+        _check(
+            rows % r == 0,
+            f"data.{key}",
+            getattr(d, key),
+            f"a batch whose {rows} rows split into model.bn_replicas={r} equal replica chunks",
+        )
+    trainer = cfg.trainer or {}
+    processes = declared_processes(trainer)
+    if processes is not None and processes > 1:
+        _check(
+            r == 1 or r % processes == 0,
+            "model.bn_replicas",
+            r,
+            f"a multiple of the {processes} training processes (trainer devices x nodes)",
+        )
+        for key in ("visible_batch_size", "infrared_batch_size"):
+            size = getattr(d, key)
+            _check(
+                size % (processes * d.num_instances) == 0,
+                f"data.{key}",
+                size,
+                f"a global batch that splits into {processes} processes x whole identities of "
+                f"data.num_instances={d.num_instances} images",
+            )
+    _check(
+        r == 1 or not trainer.get("sync_batchnorm", False),
+        "trainer.sync_batchnorm",
+        trainer.get("sync_batchnorm"),
+        f"false with model.bn_replicas={r}: SyncBatchNorm would replace the per-replica "
+        "BatchNorm by one over all processes (recipe=official sets it false)",
+    )
 
 
 def validate_config(cfg: DictConfig | TrainConfig) -> None:
@@ -346,6 +434,20 @@ def validate_config(cfg: DictConfig | TrainConfig) -> None:
         "'mean' or 'hard'",
     )
     _check(m.backbone.depth in (18, 34, 50), "model.backbone.depth", m.backbone.depth, "18/34/50")
+    _validate_replicas(cfg)
+    _check(cfg.recipe in RECIPES, "recipe", cfg.recipe, f"one of {RECIPES}")
+    _check(
+        cfg.eval.select_on_test_from_epoch >= 0,
+        "eval.select_on_test_from_epoch",
+        cfg.eval.select_on_test_from_epoch,
+        ">= 0",
+    )
+    _check(
+        not cfg.eval.select_on_test or cfg.eval.test_after_fit,
+        "eval.select_on_test",
+        cfg.eval.select_on_test,
+        "false when eval.test_after_fit=false (the selected weights are scored after fit)",
+    )
     _check(
         "max_epochs" not in (cfg.trainer or {}),
         "trainer.max_epochs",

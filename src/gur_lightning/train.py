@@ -33,7 +33,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from gur_lightning.callbacks.pictures import build_picture_callbacks
 from gur_lightning.callbacks.recluster import Reclustering
-from gur_lightning.callbacks.validation import PeriodicValidation
+from gur_lightning.callbacks.validation import (
+    SELECTED_ON_TEST_PREFIX,
+    PeriodicValidation,
+    TestSetSelection,
+)
 from gur_lightning.config import register_configs, validate_config
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import (
@@ -92,6 +96,7 @@ def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
         min_identities=d.min_identities,
         augment=OmegaConf.to_container(d.augment, resolve=True),
         seed=cfg.seed,
+        bn_replicas=cfg.model.bn_replicas,
     )
 
 
@@ -106,6 +111,7 @@ def build_module(cfg: DictConfig):
         gem_p=m.backbone.gem_p,
         pretrained=m.backbone.pretrained,
         non_local=m.backbone.non_local,
+        bn_replicas=m.bn_replicas,
     )
     return GURLitModule(
         backbone,
@@ -423,11 +429,28 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             checkpoint_dir=str(output_dir / "checkpoints"),
         )
         callbacks.append(validation)
+    selection = None
+    if cfg.eval.select_on_test:
+        selection = TestSetSelection(
+            phases,
+            cfg.eval.select_on_test_from_epoch,
+            model_featurizer,
+            checkpoint_dir=str(checkpoint_dir),
+        )
+        callbacks.append(selection)
     callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
     logger = instantiate(cfg.logger) if cfg.logger is not None else False
     try:
         return _fit_and_test(
-            cfg, dm, module, recluster, validation, callbacks, trainer_kwargs, phases, logger
+            cfg,
+            dm,
+            module,
+            recluster,
+            (validation, selection),
+            callbacks,
+            trainer_kwargs,
+            phases,
+            logger,
         )
     finally:
         # Test metrics logged after fit reach metrics.csv only when the logger is saved again,
@@ -440,13 +463,14 @@ def _fit_and_test(
     dm: VIReIDDataModule,
     module: L.LightningModule,
     recluster: Reclustering,
-    validation: PeriodicValidation | None,
+    selectors: tuple[PeriodicValidation | None, TestSetSelection | None],
     callbacks: list[Callback],
     trainer_kwargs: dict[str, Any],
     phases: list[Phase],
     logger: Any,
 ) -> dict[str, float]:
     """Fit, evaluate the last-epoch weights, write metrics.json (the body of :func:`train`)."""
+    validation, selection = selectors
     output_dir = Path(cfg.paths.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     trainer = L.Trainer(
@@ -471,6 +495,8 @@ def _fit_and_test(
             within_modality=cfg.eval.within_modality,
         )
         metrics.update(evaluate_splits(splits, model_featurizer(module, dm), prefix="test"))
+        if selection is not None:
+            metrics.update(_evaluate_selected_on_test(module, dm, selection, splits))
     metrics.update(last_cluster_stats(recluster.history))
     if validation is not None and validation.history:
         metrics.update({k: v for k, v in validation.history[-1].items() if k != "gur_epoch"})
@@ -490,7 +516,46 @@ def _fit_and_test(
             log.info(
                 "last-epoch test results (%%, mean ± std over trials):\n%s", format_table(metrics)
             )
+        if any(k.startswith(SELECTED_ON_TEST_PREFIX + "/") for k in metrics):
+            log.info(
+                "the reference's reporting: weights of GUR epoch %d, chosen by their mAP on the "
+                "TEST set (optimistic; compare with published tables only):\n%s",
+                int(metrics[f"{SELECTED_ON_TEST_PREFIX}/gur_epoch"]),
+                format_table(metrics, prefix=SELECTED_ON_TEST_PREFIX),
+            )
     return metrics
+
+
+def _evaluate_selected_on_test(
+    module: L.LightningModule,
+    dm: VIReIDDataModule,
+    selection: TestSetSelection,
+    splits: dict[str, Any],
+) -> dict[str, float]:
+    """Full-protocol figures of the weights the test-set selection kept (the reference's).
+
+    The module's last-epoch weights are put back afterwards.
+
+    Returns:
+        ``test_selected_on_test/<protocol>/<metric>`` and ``test_selected_on_test/gur_epoch``,
+        or nothing when no epoch was scored (a schedule shorter than the selection's start).
+    """
+    if selection.best_epoch < 0 or not selection.path.is_file():
+        log.warning(
+            "eval.select_on_test: no GUR epoch >= %d was scored; no %s figures",
+            selection.from_epoch,
+            SELECTED_ON_TEST_PREFIX,
+        )
+        return {}
+    last = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    selected = torch.load(selection.path, map_location="cpu", weights_only=True)
+    module.load_state_dict(selected)
+    try:
+        out = evaluate_splits(splits, model_featurizer(module, dm), prefix=SELECTED_ON_TEST_PREFIX)
+    finally:
+        module.load_state_dict(last)
+    out[f"{SELECTED_ON_TEST_PREFIX}/gur_epoch"] = float(selection.best_epoch)
+    return out
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

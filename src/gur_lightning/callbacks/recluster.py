@@ -44,7 +44,12 @@ from gur_lightning.data.datamodule import LabelledSet, VIReIDDataModule
 from gur_lightning.data.samplers import NotEnoughClustersError
 from gur_lightning.data.samples import Sample
 from gur_lightning.schedule import Phase
-from gur_lightning.utils.distributed import RemoteError, average_buffers, get_world_size
+from gur_lightning.utils.distributed import (
+    RemoteError,
+    average_buffers,
+    broadcast_buffers,
+    get_world_size,
+)
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -127,7 +132,7 @@ class Reclustering(Callback):
 
     Hooks and ranks: ``setup`` checks the trainer; ``on_fit_start`` clusters phase 0 or
     re-installs the checkpointed phase; ``on_train_epoch_end`` averages BatchNorm buffers
-    across ranks, keeps the trained memories and clusters the next phase. Every hook runs on
+    across ranks (or takes rank 0's with DataParallel-exact BatchNorm), keeps the trained memories and clusters the next phase. Every hook runs on
     every rank; only the DBSCAN / CAE / CMLU maths runs on rank 0.
     """
 
@@ -234,8 +239,12 @@ class Reclustering(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the trained memories the next stages need, then cluster for the next phase."""
         # Without SyncBatchNorm each rank tracked BN statistics on its own batches: make the
-        # ranks' models identical before they extract features for the clustering.
-        average_buffers(pl_module)
+        # ranks' models identical before they extract features for the clustering. With
+        # DataParallel-exact BatchNorm the statistics are virtual replica 0's, on rank 0.
+        if getattr(pl_module, "bn_replicas", 1) > 1:
+            broadcast_buffers(pl_module)
+        else:
+            average_buffers(pl_module)
         phase = self.phases[trainer.current_epoch]
         if (
             self.installed is not None

@@ -51,6 +51,8 @@ LR_STEP_SIZE: int = 20
 LR_GAMMA: float = 0.1
 #: Checkpoint key of the GUR epoch, so a resumed run derives the same learning rate.
 _CKPT_GUR_EPOCH: str = "gur_epoch"
+#: Checkpoint key of the backbone's DataParallel replica count R (``model.bn_replicas``).
+_CKPT_BN_REPLICAS: str = "bn_replicas"
 #: Labels travel as an fp32 column in the packed all-gather; fp32 holds integers exactly
 #: below 2**24, far above any cluster count.
 _MAX_PACKED_LABEL: int = 2**24
@@ -263,12 +265,40 @@ class GURLitModule(L.LightningModule):
         """Derive this phase's learning rate from the GUR epoch."""
         self._apply_lr_schedule()
 
+    @property
+    def bn_replicas(self) -> int:
+        """R, the DataParallel replicas whose BatchNorm the backbone reproduces (1: plain BN)."""
+        return int(getattr(self.backbone, "bn_replicas", 1))
+
+    def setup(self, stage: str) -> None:
+        """Give this process its share of the backbone's virtual DataParallel replicas.
+
+        Raises:
+            ValueError: When ``model.bn_replicas`` is not a multiple of the process count.
+        """
+        set_processes = getattr(self.backbone, "set_processes", None)
+        if set_processes is not None and self._trainer is not None:
+            set_processes(self.trainer.world_size)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the GUR epoch so a resumed run derives the same learning rate."""
+        """Store the GUR epoch (a resumed run derives the same learning rate) and R."""
         checkpoint[_CKPT_GUR_EPOCH] = self._gur_epoch
+        checkpoint[_CKPT_BN_REPLICAS] = self.bn_replicas
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the GUR epoch (the optimizer's lr is re-derived at the next epoch start)."""
+        """Restore the GUR epoch (the optimizer's lr is re-derived at the next epoch start).
+
+        Raises:
+            ValueError: When the checkpoint was trained with another ``model.bn_replicas``:
+                its running statistics and its optimiser state belong to another regime.
+        """
+        saved = int(checkpoint.get(_CKPT_BN_REPLICAS, 1))
+        if saved != self.bn_replicas:
+            raise ValueError(
+                f"the checkpoint was trained with model.bn_replicas={saved}, this run has "
+                f"model.bn_replicas={self.bn_replicas}: resume with model.bn_replicas={saved} "
+                "(or start a new run)"
+            )
         self._gur_epoch = checkpoint.get(_CKPT_GUR_EPOCH)
 
     # ------------------------------------------------------------------ training
