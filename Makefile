@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 export WANDB_MODE ?= disabled
 
-.PHONY: help install demo test test-full bench lint format clean results
+.PHONY: help install demo test test-full bench lint format clean results results-recipes
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,5 +47,8 @@ clean: ## remove the venv, caches and generated outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info outputs logs bench_results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-results: $(STAMP) ## every row of the README's SynVI table (about 45 min on 2 cores); results/synvi/table.md
+results: $(STAMP) ## every row of the README's SynVI table, 3 seeds each (about 2.5 h on 2 cores); results/synvi/table.md
 	$(PY) -m gur_lightning.results --out results/synvi --jobs 2 eval.within_modality=true
+
+results-recipes: $(STAMP) ## GUR under recipe=fixed, R = 4 BatchNorm and recipe=official, 3 seeds each (about 1 h 15 min); results/synvi_recipes/table.md
+	$(PY) -m gur_lightning.results --out results/synvi_recipes --jobs 2 --rows gur,gur_bn4,gur_official eval.within_modality=true

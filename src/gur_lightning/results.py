@@ -1,14 +1,20 @@
 """The SynVI results table: every row of the README's benchmark table from one command.
 
-    python -m gur_lightning.results --out results/synvi [--jobs 2] [--rows gur,adca]
+    python -m gur_lightning.results --out results/synvi [--jobs 2] [--rows gur,adca] [--seeds 3]
 
 Each row is a real run of ``gur_lightning.train`` (or ``gur_lightning.evaluate`` for the
 feature baselines) on the SynVI tree in the SYSU-MM01 layout with the SYSU protocol, under the
-same optimiser-step budget (740 steps, ±1 %), in its own subprocess and Hydra folder under
-``--out``. The table (``table.md``) reports all-search rank-1, mAP and mINP over the ten gallery
-draws, the last pseudo-labelling's ARI against the ground truth and, when the rows ran with
-``eval.within_modality=true``, the within-modality mAP. ``--table-only`` rebuilds the table from
-finished folders.
+same optimiser-step budget (740 steps, ±1 %), once per seed (``seed=1..S``: initialisation,
+sampling and augmentation change, the data tree does not), each in its own subprocess and Hydra
+folder ``--out/<row>/seed<S>``. A folder that already holds ``metrics.json`` is reused.
+
+``table.md`` reports, per row, the mean ± std over seeds of the per-seed all-search rank-1, mAP
+and mINP (each a mean over the ten gallery draws), the last pseudo-labelling's ARI against the
+ground truth, the within-modality mAP when the rows ran with ``eval.within_modality=true``, the
+reference's test-selected mAP when a row reports it (``recipe=official``), and a paired
+comparison with the reference row (GUR by default): the mean and std over seeds of the per-seed
+difference of mAP. ``summary.json`` holds every row's per-seed figures and the commit each ran
+at. ``--table-only`` rebuilds both from finished folders.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from gur_lightning.callbacks.validation import SELECTED_ON_TEST_PREFIX
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -48,7 +56,14 @@ ROWS: tuple[Row, ...] = (
         "train",
         ("method=adca", "schedule.inter_camera.iterations=92"),
     ),
-    Row("gur", "GUR", "train"),
+    Row("gur", "GUR (recipe=fixed)", "train"),
+    Row("gur_bn4", "GUR, DataParallel BatchNorm R = 4", "train", ("model.bn_replicas=4",)),
+    Row(
+        "gur_official",
+        "GUR, recipe=official (R = 4, legacy CAE slicing, fp32)",
+        "train",
+        ("recipe=official",),
+    ),
     Row(
         "gur_no_intra",
         "GUR without the intra-camera stage",
@@ -71,8 +86,48 @@ ROWS: tuple[Row, ...] = (
 )
 
 
-def _run(row: Row, out: Path, extra: list[str], threads: int) -> dict[str, float]:
-    run_dir = out / row.key
+#: Rows of ``make results`` (the README's main table); the recipe rows have their own table.
+DEFAULT_ROWS: tuple[str, ...] = (
+    "raw_pixels",
+    "untrained",
+    "adca",
+    "gur",
+    "gur_no_intra",
+    "gur_no_cae",
+    "gur_no_cmlu",
+    "supervised",
+)
+#: Metric keys of the within-modality diagnostic (``eval.within_modality=true``).
+WITHIN_KEYS = ("test/within_visible/mAP", "test/within_infrared/mAP")
+#: The all-search figures of the table, per seed.
+MAIN_METRICS = ("rank1", "mAP", "mINP")
+
+
+def run_dir(out: Path, key: str, seed: int) -> Path:
+    """The Hydra folder of one row and seed."""
+    return out / key / f"seed{seed}"
+
+
+def _commit() -> str:
+    """The commit the runs are made at (``-dirty``: uncommitted changes; else ``unknown``)."""
+    try:
+        proc = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return proc.stdout.strip()
+
+
+def _run(row: Row, seed: int, out: Path, extra: list[str], threads: int) -> dict[str, float]:
+    folder = run_dir(out, row.key, seed)
+    if (folder / "metrics.json").is_file():
+        log.info("%s seed %d: reusing %s", row.key, seed, folder)
+        return json.loads((folder / "metrics.json").read_text())
     cmd = [
         sys.executable,
         "-m",
@@ -80,101 +135,191 @@ def _run(row: Row, out: Path, extra: list[str], threads: int) -> dict[str, float
         "+experiment=synvi",
         *row.overrides,
         *extra,
-        f"hydra.run.dir={run_dir}",
+        f"seed={seed}",
+        f"hydra.run.dir={folder}",
         "trainer.enable_progress_bar=false",
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
-    log.info("%s: %s", row.key, " ".join(cmd[2:]))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "stdout.log", "w") as stream:
+    log.info("%s seed %d: %s", row.key, seed, " ".join(cmd[2:]))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "commit.txt").write_text(_commit() + "\n")
+    with open(folder / "stdout.log", "w") as stream:
         proc = subprocess.run(cmd, stdout=stream, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"row {row.key} failed (exit {proc.returncode}); see {run_dir}")
-    return json.loads((run_dir / "metrics.json").read_text())
+        raise RuntimeError(
+            f"row {row.key} seed {seed} failed (exit {proc.returncode}); see {folder}"
+        )
+    return json.loads((folder / "metrics.json").read_text())
 
 
-def _last_ari(run_dir: Path) -> str:
-    path = run_dir / "clustering_history.json"
+def last_ari(folder: Path) -> dict[str, float]:
+    """ARI of the last successful clustering: ``{"joint"}`` or ``{"visible", "infrared"}``."""
+    path = folder / "clustering_history.json"
     if not path.is_file():
-        return "—"
+        return {}
     done = [h for h in json.loads(path.read_text()) if not h["skipped"]]
     if not done:
-        return "—"
+        return {}
     last = done[-1]
     if "ari" in last:
-        return f"{last['ari']:.3f}"
-    return f"{last['visible/ari']:.3f} / {last['infrared/ari']:.3f}"
+        return {"joint": float(last["ari"])}
+    return {m: float(last[f"{m}/ari"]) for m in ("visible", "infrared")}
 
 
-#: Metric keys of the within-modality diagnostic (``eval.within_modality=true``).
-WITHIN_KEYS = ("test/within_visible/mAP", "test/within_infrared/mAP")
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def write_table(out: Path, rows: list[Row], metrics: dict[str, dict[str, float]]) -> str:
-    """Render ``table.md`` from the rows' metrics (percent, mean ± std over gallery draws).
+def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, std = _mean_std([scale * v for v in values])
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
-    When every row carries the within-modality diagnostic, a column gives its visible and
-    infrared mAP (every test image of a modality queries the others of that modality).
+
+def write_table(
+    out: Path,
+    rows: list[Row],
+    metrics: dict[str, dict[int, dict[str, float]]],
+    *,
+    reference: str | None = "gur",
+) -> str:
+    """Render ``table.md`` and ``summary.json`` from every row's per-seed metrics.
+
+    Args:
+        out: The results folder (``<row>/seed<S>`` run folders below it).
+        rows: The rows, in table order.
+        metrics: Row key -> seed -> the run's ``metrics.json``.
+        reference: Row every other row is paired with (mean ± std over the seeds both have of
+            the per-seed mAP difference, reference minus row); None or absent: no column.
+
+    Returns:
+        The table.
     """
-    within = all(all(k in metrics[r.key] for k in WITHIN_KEYS) for r in rows)
-    header = "| method | rank-1 | mAP | mINP | last pseudo-label ARI |"
-    rule = "|---|---|---|---|---|"
+    seeds = {r.key: sorted(metrics[r.key]) for r in rows}
+    within = all(all(k in m for k in WITHIN_KEYS) for r in rows for m in metrics[r.key].values())
+    selected_key = f"{SELECTED_ON_TEST_PREFIX}/sysu_all/mAP"
+    selected = any(selected_key in m for r in rows for m in metrics[r.key].values())
+    paired = reference is not None and reference in metrics and len(rows) > 1
+    header = "| method | seeds | rank-1 | mAP | mINP | last pseudo-label ARI |"
     if within:
         header += " within-modality mAP (visible / infrared) |"
-        rule += "---|"
-    lines = [header, rule]
+    if selected:
+        header += " mAP selected on test (reference's reporting) |"
+    if paired:
+        header += f" mAP: {reference} − row (paired) |"
+    lines = [header, "|" + "---|" * header.count(" |")]
+    summary: dict[str, object] = {"reference": reference, "rows": {}}
     for row in rows:
-        m = metrics[row.key]
-
-        def cell(name: str, m: dict[str, float] = m) -> str:
-            mean = 100 * m[f"test/sysu_all/{name}"]
-            std = 100 * m[f"test/sysu_all/{name}_std"]
-            return f"{mean:.1f} ± {std:.1f}"
-
-        line = (
-            f"| {row.title} | {cell('rank1')} | {cell('mAP')} | {cell('mINP')} | "
-            f"{_last_ari(out / row.key)} |"
-        )
+        per_seed = [metrics[row.key][s] for s in seeds[row.key]]
+        cells = [row.title, ",".join(str(s) for s in seeds[row.key])]
+        cells += [_pm([m[f"test/sysu_all/{name}"] for m in per_seed]) for name in MAIN_METRICS]
+        aris = [last_ari(run_dir(out, row.key, s)) for s in seeds[row.key]]
+        if any(aris):
+            parts = sorted(
+                {k for a in aris for k in a}, key=("visible", "infrared", "joint").index
+            )
+            cells.append(" / ".join(_pm([a[p] for a in aris if p in a], 1.0, 3) for p in parts))
+        else:
+            cells.append("—")
         if within:
-            vis, ir = (100 * m[k] for k in WITHIN_KEYS)
-            line += f" {vis:.1f} / {ir:.1f} |"
-        lines.append(line)
+            cells.append(
+                " / ".join(
+                    f"{statistics.fmean(100 * m[k] for m in per_seed):.1f}" for k in WITHIN_KEYS
+                )
+            )
+        if selected:
+            values = [m[selected_key] for m in per_seed if selected_key in m]
+            cells.append(_pm(values) if values else "—")
+        if paired:
+            assert reference is not None
+            common = sorted(set(seeds[row.key]) & set(seeds[reference]))
+            if row.key == reference or not common:
+                cells.append("—")
+            else:
+                cells.append(
+                    _pm(
+                        [
+                            metrics[reference][s]["test/sysu_all/mAP"]
+                            - metrics[row.key][s]["test/sysu_all/mAP"]
+                            for s in common
+                        ]
+                    )
+                )
+        lines.append("| " + " | ".join(cells) + " |")
+        summary["rows"][row.key] = {  # type: ignore[index]
+            "title": row.title,
+            "seeds": {
+                str(s): {
+                    "rank1": metrics[row.key][s]["test/sysu_all/rank1"],
+                    "mAP": metrics[row.key][s]["test/sysu_all/mAP"],
+                    "last_ari": last_ari(run_dir(out, row.key, s)),
+                    "commit": _read_commit(run_dir(out, row.key, s)),
+                }
+                for s in seeds[row.key]
+            },
+        }
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return table
 
 
+def _read_commit(folder: Path) -> str:
+    path = folder / "commit.txt"
+    return path.read_text().strip() if path.is_file() else "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the rows (in parallel lanes with ``--jobs``) and write ``table.md``."""
+    """Run the rows over the seeds (in parallel lanes with ``--jobs``) and write the table."""
     parser = argparse.ArgumentParser(prog="python -m gur_lightning.results")
     parser.add_argument("--out", type=Path, default=Path("results/synvi"))
-    parser.add_argument("--jobs", type=int, default=1, help="rows run at once")
-    parser.add_argument("--rows", default=",".join(r.key for r in ROWS))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 1..S of every row")
+    parser.add_argument(
+        "--reference", default="gur", help="row the paired differences are taken against"
+    )
     parser.add_argument(
         "--table-only",
         action="store_true",
-        help="rebuild table.md from the rows' finished folders instead of running them",
+        help="rebuild table.md and summary.json from finished folders instead of running",
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.seeds < 1 or args.jobs < 1:
+        raise SystemExit(f"--seeds and --jobs must be >= 1, got {args.seeds} and {args.jobs}")
     wanted = args.rows.split(",")
     unknown = set(wanted) - {r.key for r in ROWS}
     if unknown:
         raise SystemExit(f"--rows: unknown {sorted(unknown)}; known: {[r.key for r in ROWS]}")
     rows = [r for r in ROWS if r.key in wanted]
+    runs = [(r, s) for s in range(1, args.seeds + 1) for r in rows]
     if args.table_only:
-        missing = [r.key for r in rows if not (args.out / r.key / "metrics.json").is_file()]
+        missing = [
+            f"{r.key}/seed{s}"
+            for r, s in runs
+            if not (run_dir(args.out, r.key, s) / "metrics.json").is_file()
+        ]
         if missing:
-            raise SystemExit(f"--table-only: no metrics.json for rows {missing} under {args.out}")
-        results = [json.loads((args.out / r.key / "metrics.json").read_text()) for r in rows]
+            raise SystemExit(f"--table-only: no metrics.json for {missing} under {args.out}")
+        results = [
+            json.loads((run_dir(args.out, r.key, s) / "metrics.json").read_text()) for r, s in runs
+        ]
     else:
         args.out.mkdir(parents=True, exist_ok=True)
-        threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(lambda r: _run(r, args.out, args.overrides, threads), rows))
-    table = write_table(args.out, rows, {r.key: m for r, m in zip(rows, results, strict=True)})
-    log.info("SynVI (SYSU layout, all-search, %%):\n%s", table)
+            results = list(
+                pool.map(lambda rs: _run(rs[0], rs[1], args.out, args.overrides, threads), runs)
+            )
+    metrics: dict[str, dict[int, dict[str, float]]] = {r.key: {} for r in rows}
+    for (row, seed), m in zip(runs, results, strict=True):
+        metrics[row.key][seed] = m
+    reference = args.reference if args.reference in metrics else None
+    table = write_table(args.out, rows, metrics, reference=reference)
+    log.info("SynVI (SYSU layout, all-search, %%, mean ± std over seeds):\n%s", table)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""DataParallel-exact BatchNorm: the backbone with ``bn_replicas = R`` against DataParallel by hand.
+"""DataParallel-exact BatchNorm: ``bn_replicas = R`` against DataParallel simulated by hand.
 
 The reference trained with ``nn.DataParallel`` over four GPUs and no SyncBN. The truth here is
 an explicit simulation of what DataParallel does: each stream's batch split by hand into R

@@ -132,7 +132,8 @@ class Reclustering(Callback):
 
     Hooks and ranks: ``setup`` checks the trainer; ``on_fit_start`` clusters phase 0 or
     re-installs the checkpointed phase; ``on_train_epoch_end`` averages BatchNorm buffers
-    across ranks (or takes rank 0's with DataParallel-exact BatchNorm), keeps the trained memories and clusters the next phase. Every hook runs on
+    across ranks (or takes rank 0's with DataParallel-exact BatchNorm), keeps the trained
+    memories and clusters the next phase. Every hook runs on
     every rank; only the DBSCAN / CAE / CMLU maths runs on rank 0.
     """
 
