@@ -1,21 +1,23 @@
-"""The SynVI results table: rendering and the --table-only rebuild."""
+"""The SynVI results table: seeds, paired differences, summary.json, reuse and --table-only."""
 
 from __future__ import annotations
 
 import json
+import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from gur_lightning import results
-from gur_lightning.results import ROWS, write_table
+from gur_lightning.results import ROWS, run_dir, write_table
 
 
-def _metrics(rank1: float, within: bool) -> dict[str, float]:
+def _metrics(rank1: float, mAP: float, within: bool = False) -> dict[str, float]:
     m = {
         "test/sysu_all/rank1": rank1,
         "test/sysu_all/rank1_std": 0.01,
-        "test/sysu_all/mAP": 0.25,
+        "test/sysu_all/mAP": mAP,
         "test/sysu_all/mAP_std": 0.005,
         "test/sysu_all/mINP": 0.125,
         "test/sysu_all/mINP_std": 0.0,
@@ -25,30 +27,103 @@ def _metrics(rank1: float, within: bool) -> dict[str, float]:
     return m
 
 
-def test_table_has_a_within_modality_column_only_when_every_row_has_it(tmp_path: Path) -> None:
-    rows = [r for r in ROWS if r.key in ("raw_pixels", "gur")]
-    (tmp_path / "gur").mkdir()
-    history = [{"skipped": False, "visible/ari": 0.5, "infrared/ari": 0.25}]
-    (tmp_path / "gur" / "clustering_history.json").write_text(json.dumps(history))
-    table = write_table(tmp_path, rows, {r.key: _metrics(0.125, True) for r in rows})
+def _rows(*keys: str) -> list[results.Row]:
+    return [r for r in ROWS if r.key in keys]
+
+
+def test_table_gives_mean_and_std_over_seeds_and_paired_differences(tmp_path: Path) -> None:
+    rows = _rows("raw_pixels", "gur")
+    # Per-seed mAP: GUR 0.30, 0.20, 0.25; raw pixels 0.10, 0.10, 0.05.
+    metrics = {
+        "gur": {1: _metrics(0.5, 0.30), 2: _metrics(0.25, 0.20), 3: _metrics(0.25, 0.25)},
+        "raw_pixels": {1: _metrics(0.0, 0.10), 2: _metrics(0.0, 0.10), 3: _metrics(0.0, 0.05)},
+    }
+    for seed, (vis, ir) in {1: (0.5, 0.25), 2: (0.75, 0.25), 3: (1.0, 0.25)}.items():
+        folder = run_dir(tmp_path, "gur", seed)
+        folder.mkdir(parents=True)
+        history = [{"skipped": False, "visible/ari": vis, "infrared/ari": ir}]
+        (folder / "clustering_history.json").write_text(json.dumps(history))
+        (folder / "commit.txt").write_text(f"abc{seed}\n")
+    table = write_table(tmp_path, rows, metrics, reference="gur")
     lines = table.splitlines()
-    assert lines[0].endswith("| within-modality mAP (visible / infrared) |")
-    assert lines[2] == (
-        "| raw pixels (flattened, cosine) | 12.5 ± 1.0 | 25.0 ± 0.5 | 12.5 ± 0.0 | — "
-        "| 50.0 / 6.2 |"
+    assert lines[0] == (
+        "| method | seeds | rank-1 | mAP | mINP | last pseudo-label ARI | mAP: gur − row (paired) |"
     )
-    assert lines[3].endswith("| 0.500 / 0.250 | 50.0 / 6.2 |")
-    assert (tmp_path / "table.md").read_text() == table
-    mixed = {"raw_pixels": _metrics(0.125, True), "gur": _metrics(0.125, False)}
-    assert "within-modality" not in write_table(tmp_path, rows, mixed)
+    # Raw pixels: mAP mean 8.33, sample std 2.89; differences 20, 10, 20 -> 16.7 ± 5.8.
+    assert lines[2] == (
+        "| raw pixels (flattened, cosine) | 1,2,3 | 0.0 ± 0.0 | 8.3 ± 2.9 | 12.5 ± 0.0 | — "
+        "| 16.7 ± 5.8 |"
+    )
+    # GUR: rank-1 (50, 25, 25) -> 33.3 ± 14.4; mAP 25.0 ± 5.0; ARI 0.75 ± 0.25 / 0.25 ± 0.
+    assert lines[3] == (
+        "| GUR (recipe=fixed) | 1,2,3 | 33.3 ± 14.4 | 25.0 ± 5.0 | 12.5 ± 0.0 "
+        "| 0.750 ± 0.250 / 0.250 ± 0.000 | — |"
+    )
+    assert statistics.stdev([20.0, 10.0, 20.0]) == pytest.approx(5.77, abs=0.01)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rows"]["gur"]["seeds"]["2"] == {
+        "rank1": 0.25,
+        "mAP": 0.20,
+        "last_ari": {"visible": 0.75, "infrared": 0.25},
+        "commit": "abc2",
+    }
+    assert summary["rows"]["raw_pixels"]["seeds"]["3"]["commit"] == "unknown"
 
 
-def test_table_only_rebuilds_from_finished_folders(tmp_path: Path) -> None:
+def test_optional_columns_appear_only_when_the_rows_carry_them(tmp_path: Path) -> None:
+    rows = _rows("raw_pixels", "gur_official")
+    official = _metrics(0.25, 0.25, within=True) | {"test_selected_on_test/sysu_all/mAP": 0.5}
+    metrics = {"raw_pixels": {1: _metrics(0.0, 0.1, True)}, "gur_official": {1: official}}
+    header = write_table(tmp_path, rows, metrics, reference=None).splitlines()[0]
+    assert "within-modality mAP (visible / infrared)" in header
+    assert "mAP selected on test" in header and "paired" not in header
+    lines = write_table(tmp_path, rows, metrics, reference=None).splitlines()
+    assert lines[2].endswith("| 50.0 / 6.2 | — |")
+    assert lines[3].endswith("| 50.0 / 6.2 | 50.0 ± 0.0 |")
+    metrics["gur_official"][1].pop("test/within_visible/mAP")
+    assert "within-modality" not in write_table(tmp_path, rows, metrics, reference=None)
+
+
+def test_finished_runs_are_reused_and_table_only_rebuilds(tmp_path: Path, monkeypatch) -> None:
     for key in ("raw_pixels", "untrained"):
-        (tmp_path / key).mkdir()
-        (tmp_path / key / "metrics.json").write_text(json.dumps(_metrics(0.5, False)))
-    argv = ["--out", str(tmp_path), "--rows", "raw_pixels,untrained", "--table-only"]
+        for seed in (1, 2):
+            folder = run_dir(tmp_path, key, seed)
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps(_metrics(0.5, 0.25 * seed)))
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(results, "prepare_data", lambda overrides: None)
+    argv = ["--out", str(tmp_path), "--rows", "raw_pixels,untrained", "--seeds", "2"]
     assert results.main(argv) == 0
-    assert "| untrained network | 50.0 ± 1.0 |" in (tmp_path / "table.md").read_text()
-    with pytest.raises(SystemExit, match=r"no metrics.json for rows \['gur'\]"):
-        results.main(["--out", str(tmp_path), "--rows", "raw_pixels,gur", "--table-only"])
+    assert "| untrained network | 1,2 | 50.0 ± 0.0 | 37.5 ± 17.7 |" in (
+        tmp_path / "table.md"
+    ).read_text()
+    assert results.main([*argv, "--table-only"]) == 0
+    with pytest.raises(SystemExit, match=r"no metrics.json for \['raw_pixels/seed3'"):
+        results.main([*argv[:-1], "3", "--table-only"])
+    with pytest.raises(SystemExit, match="--seeds and --jobs must be >= 1"):
+        results.main([*argv[:-1], "0"])
+
+
+@pytest.mark.slow
+def test_a_tiny_configuration_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    """Two seeds of the feature baselines on a tiny tree, through real subprocesses."""
+    monkeypatch.setenv("PROJECT_ROOT", str(tmp_path))
+    tiny = [
+        "data.synvi.num_ids=24",
+        "data.synvi.preset=easy",
+        "eval.max_trials=2",
+        f"paths.data_dir={tmp_path / 'data'}",
+    ]
+    argv = ["--out", str(tmp_path / "out"), "--rows", "raw_pixels,untrained", "--seeds", "2"]
+    assert results.main([*argv, "--jobs", "2", *tiny]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    untrained = summary["rows"]["untrained"]["seeds"]
+    raw = summary["rows"]["raw_pixels"]["seeds"]
+    # Raw pixels do not depend on the seed; the untrained network's initialisation does.
+    assert raw["1"]["mAP"] == raw["2"]["mAP"]
+    assert untrained["1"]["mAP"] != untrained["2"]["mAP"]
+    assert (tmp_path / "data").is_dir()  # generated once, before the parallel runs

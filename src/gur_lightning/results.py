@@ -123,6 +123,19 @@ def _commit() -> str:
     return proc.stdout.strip()
 
 
+def prepare_data(overrides: list[str]) -> None:
+    """Generate the SynVI tree once, before parallel runs would each start generating it."""
+    from hydra import compose, initialize_config_dir
+
+    from gur_lightning.config import register_configs
+    from gur_lightning.train import CONF_DIR, build_datamodule
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=synvi", *overrides])
+    build_datamodule(cfg).prepare_data()
+
+
 def _run(row: Row, seed: int, out: Path, extra: list[str], threads: int) -> dict[str, float]:
     folder = run_dir(out, row.key, seed)
     if (folder / "metrics.json").is_file():
@@ -309,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     else:
         args.out.mkdir(parents=True, exist_ok=True)
+        prepare_data(args.overrides)
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             results = list(
