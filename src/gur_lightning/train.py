@@ -35,6 +35,7 @@ from gur_lightning.callbacks.pictures import build_picture_callbacks
 from gur_lightning.callbacks.recluster import Reclustering
 from gur_lightning.callbacks.validation import PeriodicValidation
 from gur_lightning.config import register_configs, validate_config
+from gur_lightning.data.check import check_dataset
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import (
     evaluate_splits,
@@ -383,6 +384,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     dm = build_datamodule(cfg)
     prepare_data_once(dm)
     dm.setup("fit")
+    if cfg.data.check:
+        # Every image of every split, before the first step (cached by the tree's listing).
+        check_dataset(dm.dataset)
     schedule = OmegaConf.to_object(cfg.schedule)
     phases = build_phases(schedule, dm.cameras("visible"), dm.cameras("infrared"))
     log.info(
