@@ -492,8 +492,8 @@ def protocol_problems(ds: VIReIDDataset) -> list[Difference]:
                     "at least 1",
                     0,
                     "error",
-                    f"no {proto['query_modality']} query identity has a "
-                    f"{proto['gallery_modality']} gallery image",
+                    f"no {proto['query_modality']} query identity has an image in the "
+                    f"{proto['gallery_modality']} gallery",
                 )
             )
     return problems
