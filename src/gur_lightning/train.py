@@ -44,6 +44,7 @@ from gur_lightning.evaluation import (
     protocol_splits,
 )
 from gur_lightning.schedule import Phase, build_phases
+from gur_lightning.utils.checkpoints import check_resume_checkpoint
 from gur_lightning.utils.loggers import finish_loggers
 from gur_lightning.utils.logging import get_logger
 
@@ -377,6 +378,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     """
     validate_config(cfg)
     _guard_multirun_ddp(cfg)
+    # A resume file must be one of our checkpoints, loaded as data: refused before anything runs.
+    check_resume_checkpoint(cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -460,7 +463,7 @@ def _fit_and_test(
         logger=logger,
         default_root_dir=str(output_dir),
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path, weights_only=True)
     spawned = _fit_ran_in_other_processes(trainer)
     if spawned:
         _reload_callback_states(callbacks, checkpoint_dir / "last.ckpt")
