@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from gur_lightning.config import ConfigError
+from gur_lightning.data.check import DataCheckError
 from gur_lightning.data.readers import DatasetLayoutError, DatasetPathMissingError, ImageReadError
 from gur_lightning.models import module as module_mod
 from gur_lightning.models.module import NonFiniteLossError
@@ -85,8 +86,13 @@ def test_corrupt_image_names_the_file(tree, tmp_path):
     folder = next(f for f in folders if f.is_dir())
     victim = sorted(folder.iterdir())[0]
     victim.write_bytes(b"this is not a JPEG")
-    with pytest.raises(ImageReadError, match="cannot identify image file") as err:
+    # The data check names it before training starts...
+    with pytest.raises(DataCheckError, match="cannot identify image file") as check_err:
         train(_on(root, tmp_path))
+    assert [b.path for b in check_err.value.bad_images] == [str(victim)]
+    # ...and without the check, the first read of it does.
+    with pytest.raises(ImageReadError, match="cannot identify image file") as err:
+        train(_on(root, tmp_path, "data.check=false"))
     assert err.value.path == str(victim)
     assert str(victim) in str(err.value)
 

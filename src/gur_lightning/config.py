@@ -88,6 +88,10 @@ class DataConfig:
         min_identities: Fewest pseudo-identities per batch and rank a shrunk batch may have;
             below it the phase is skipped.
         augment: Training augmentations.
+        check: Before training, decode every image of every split and compare the data set's
+            counts with its published figures (:mod:`gur_lightning.data.check`): a corrupt file
+            or a protocol-breaking difference stops the run before its first step. Cached by the
+            tree's listing, so an unchanged data set is decoded once.
     """
 
     name: str = "sysu"
@@ -105,6 +109,7 @@ class DataConfig:
     shrink_batch: bool = True
     min_identities: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    check: bool = True
 
 
 @dataclass

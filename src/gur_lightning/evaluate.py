@@ -16,6 +16,7 @@ checkpoint is evaluated as given.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -28,6 +29,12 @@ from gur_lightning.config import ConfigError, register_configs, validate_config
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import evaluate_splits, format_table, protocol_splits
 from gur_lightning.train import CONF_DIR, build_datamodule, build_module, model_featurizer
+from gur_lightning.utils.checkpoints import (
+    TRAINING_CHECKPOINT,
+    CheckpointError,
+    check_state_dict_fits,
+    load_checkpoint,
+)
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -47,29 +54,30 @@ def raw_pixel_featurizer(dm: VIReIDDataModule):
     return featurize
 
 
-def load_checkpoint_weights(module: torch.nn.Module, path: str) -> None:
+def load_checkpoint_weights(
+    module: torch.nn.Module, path: str, *, hint: str = "check model.backbone.*"
+) -> None:
     """Load a training checkpoint's network weights (memories are phase-local and skipped).
+
+    The file is loaded as data only (tensors and plain containers, ``weights_only=True``).
 
     Args:
         module: The freshly built module (same architecture as the checkpoint's).
         path: A ``.ckpt`` written by ``gur_lightning.train``.
+        hint: The settings that choose the architecture, named when the weights do not fit.
 
     Raises:
-        FileNotFoundError: If the file does not exist.
-        ConfigError: If the checkpoint's architecture does not match the configured one.
+        CheckpointNotFoundError: If the file does not exist (a ``FileNotFoundError``).
+        CheckpointError: If the file is not a training checkpoint (text, random bytes,
+            truncated, a pickle of Python objects) or holds another network's weights.
     """
-    ckpt_path = Path(path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt={path}: no such checkpoint file")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, what=f"ckpt=: {TRAINING_CHECKPOINT}")
+    if not isinstance(state["state_dict"], Mapping):
+        raise CheckpointError(f"{path!r} is not {TRAINING_CHECKPOINT}: its state_dict is no dict")
     weights = {k: v for k, v in state["state_dict"].items() if not k.startswith("memory")}
-    missing, unexpected = module.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not k.startswith("memory")]
-    if missing or unexpected:
-        raise ConfigError(
-            f"ckpt={path} does not fit the configured model (check model.backbone.*): "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith("memory")}
+    check_state_dict_fits(weights, own, path=path, hint=hint)
+    module.load_state_dict(weights, strict=False)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -90,7 +98,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     else:
         module = build_module(cfg)
         if cfg.features == "model":
-            load_checkpoint_weights(module, cfg.ckpt)
+            load_checkpoint_weights(
+                module, cfg.ckpt, hint=f"model.backbone.depth={cfg.model.backbone.depth}"
+            )
         featurize = model_featurizer(module, dm)
     splits = protocol_splits(
         dm.dataset,

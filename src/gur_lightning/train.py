@@ -39,6 +39,7 @@ from gur_lightning.callbacks.validation import (
     TestSetSelection,
 )
 from gur_lightning.config import register_configs, validate_config
+from gur_lightning.data.check import check_dataset
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import (
     evaluate_splits,
@@ -47,6 +48,7 @@ from gur_lightning.evaluation import (
     protocol_splits,
 )
 from gur_lightning.schedule import Phase, build_phases
+from gur_lightning.utils.checkpoints import check_resume_checkpoint
 from gur_lightning.utils.loggers import finish_loggers
 from gur_lightning.utils.logging import get_logger
 
@@ -382,6 +384,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     """
     validate_config(cfg)
     _guard_multirun_ddp(cfg)
+    # A resume file must be one of our checkpoints, loaded as data: refused before anything runs.
+    check_resume_checkpoint(cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -389,6 +393,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     dm = build_datamodule(cfg)
     prepare_data_once(dm)
     dm.setup("fit")
+    if cfg.data.check:
+        # Every image of every split, before the first step (cached by the tree's listing).
+        check_dataset(dm.dataset)
     schedule = OmegaConf.to_object(cfg.schedule)
     phases = build_phases(schedule, dm.cameras("visible"), dm.cameras("infrared"))
     log.info(
@@ -480,7 +487,7 @@ def _fit_and_test(
         logger=logger,
         default_root_dir=str(output_dir),
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path, weights_only=True)
     spawned = _fit_ran_in_other_processes(trainer)
     if spawned:
         _reload_callback_states(callbacks, checkpoint_dir / "last.ckpt")

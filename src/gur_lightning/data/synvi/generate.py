@@ -99,8 +99,13 @@ def read_marker(root: Path) -> dict[str, Any] | None:
 
 
 def _count_files(root: Path) -> int:
-    """Number of files under ``root``, the marker excluded."""
-    total = sum(len(files) for _, _, files in os.walk(root))
+    """Number of files under ``root``, the marker and hidden files excluded.
+
+    SynVI writes no hidden file; hidden files are other tools' (the data check's cache
+    ``.gur_lightning_check.json``, desktop thumbnails) and must not make the tree look
+    incomplete, which would regenerate it.
+    """
+    total = sum(sum(not name.startswith(".") for name in files) for _, _, files in os.walk(root))
     return total - int((root / MARKER_NAME).exists())
 
 
