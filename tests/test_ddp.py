@@ -223,10 +223,17 @@ def ddp_and_single(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     data = tmp / "data"
     runs = {}
-    # 2 processes x 4 visible + 4 infrared images per step (P = 2 identities x K = 2 each) ...
+    # A global batch of 8 visible + 8 infrared images per step, split over 2 processes
+    # (P = 2 identities x K = 2 on each rank) ...
     (tmp / "ddp").mkdir()
     runs["ddp"] = train(
-        _cfg(data, tmp / "ddp", "trainer=ddp_cpu"),
+        _cfg(
+            data,
+            tmp / "ddp",
+            "trainer=ddp_cpu",
+            "data.visible_batch_size=8",
+            "data.infrared_batch_size=8",
+        ),
         extra_callbacks=[RankRecorder(str(tmp / "ddp"), max_trials=2)],
     )
     # ... and 1 process with the same global batch (8 + 8 images, P = 4).
@@ -271,7 +278,7 @@ def test_ranks_train_on_disjoint_identities(ddp_and_single):
     assert len(r0["batches"]) == len(r1["batches"]) > 0
     for b0, b1 in zip(r0["batches"], r1["batches"], strict=True):
         for m in ("visible", "infrared"):
-            # data.*_batch_size is per rank: P = 4 / K = 2 identities on each rank, disjoint.
+            # data.*_batch_size is global: 8 / 2 ranks / K = 2 -> 2 identities per rank, disjoint.
             assert len(b0[m]) == len(b1[m]) == 2
             assert not set(b0[m]) & set(b1[m])
 

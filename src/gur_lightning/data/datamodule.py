@@ -386,12 +386,13 @@ class VIReIDDataModule(L.LightningDataModule):
                 f"world_size x data.num_instances = {world} x {k} (every rank takes whole "
                 "identities of K images)"
             )
-        if self.bn_replicas % world:
+        if self.bn_replicas > 1 and self.bn_replicas % world:
             raise ValueError(
                 f"model.bn_replicas={self.bn_replicas} is not a multiple of the {world} "
                 "training processes"
             )
-        local = self.bn_replicas // world
+        # R = 1 is plain BatchNorm (SyncBatchNorm under DDP): no chunks to keep equal.
+        local = max(1, self.bn_replicas // world)
         rows_per_identity = k * (2 if modality == "visible" else 1)
         step = local // math.gcd(local, rows_per_identity)
         per_rank = batch_size // world
