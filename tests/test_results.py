@@ -47,7 +47,8 @@ def test_table_gives_mean_and_std_over_seeds_and_paired_differences(tmp_path: Pa
     table = write_table(tmp_path, rows, metrics, reference="gur")
     lines = table.splitlines()
     assert lines[0] == (
-        "| method | seeds | rank-1 | mAP | mINP | last pseudo-label ARI | mAP: gur − row (paired) |"
+        "| method | seeds | rank-1 | mAP | mINP | last pseudo-label ARI "
+        "| mAP: gur − row (paired) |"
     )
     # Raw pixels: mAP mean 8.33, sample std 2.89; differences 20, 10, 20 -> 16.7 ± 5.8.
     assert lines[2] == (
@@ -98,9 +99,10 @@ def test_finished_runs_are_reused_and_table_only_rebuilds(tmp_path: Path, monkey
     monkeypatch.setattr(results, "prepare_data", lambda overrides: None)
     argv = ["--out", str(tmp_path), "--rows", "raw_pixels,untrained", "--seeds", "2"]
     assert results.main(argv) == 0
-    assert "| untrained network | 1,2 | 50.0 ± 0.0 | 37.5 ± 17.7 |" in (
-        tmp_path / "table.md"
-    ).read_text()
+    assert (
+        "| untrained network | 1,2 | 50.0 ± 0.0 | 37.5 ± 17.7 |"
+        in (tmp_path / "table.md").read_text()
+    )
     assert results.main([*argv, "--table-only"]) == 0
     with pytest.raises(SystemExit, match=r"no metrics.json for \['raw_pixels/seed3'"):
         results.main([*argv[:-1], "3", "--table-only"])

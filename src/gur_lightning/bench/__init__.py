@@ -5,4 +5,4 @@ options, prints one JSON line and returns the same record) and ``DEFAULT_ARGS`` 
 list ``make bench`` uses for the figures quoted in the README).
 """
 
-BENCHMARKS: tuple[str, ...] = ("pseudo_labels", "metrics", "training", "data")
+BENCHMARKS: tuple[str, ...] = ("pseudo_labels", "metrics", "training", "replicas", "data")
