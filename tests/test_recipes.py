@@ -73,7 +73,7 @@ def test_synvi_experiments_default_to_fixed(name):
         (
             ["trainer=ddp", "trainer.devices=3", "recipe=fixed"],
             r"data.visible_batch_size=128 is invalid: expected a global batch that splits into "
-            r"3 processes",
+            r"3 shards",
         ),
         (
             ["trainer=ddp", "recipe=fixed", "model.bn_replicas=4"],
@@ -141,6 +141,46 @@ def test_a_shrunk_batch_keeps_the_replica_chunks_equal(monkeypatch):
     assert _dm(bn_replicas=4)._phase_batch_size(_labelled(7), "infrared", 16, 0) == 12
     # Visible rows hold two views: 7 identities x 2 images x 2 views = 28 rows split into 4.
     assert _dm(bn_replicas=4)._phase_batch_size(_labelled(7), "visible", 16, 0) == 14
+
+
+def _visible(num_ids: int, per_id: int = 4) -> LabelledSet:
+    samples = [
+        Sample(path=f"v{i}_{j}.jpg", pid=i, camid=1 + j % 2, modality="visible")
+        for i in range(num_ids)
+        for j in range(per_id)
+    ]
+    return LabelledSet.from_labels(samples, np.repeat(np.arange(num_ids), per_id))
+
+
+def test_paired_ranks_hold_the_two_views_of_the_same_visible_images(monkeypatch):
+    # R = 4 on 4 processes: one replica per rank, so ranks r and r + 2 share visible images.
+    dm = _dm(visible_batch_size=8, infrared_batch_size=8, bn_replicas=4, num_workers=0)
+    monkeypatch.setattr(dm_module, "get_world_size", lambda: 4)
+    assert [dm.visible_layout(r, 4) for r in range(4)] == [
+        (0, 2, 1),
+        (1, 2, 1),
+        (0, 2, 2),
+        (1, 2, 2),
+    ]
+    drawn, datasets = {}, {}
+    for rank in range(4):
+        monkeypatch.setattr(dm_module, "get_rank", lambda rank=rank: rank)
+        dm.set_pseudo_labels(_visible(16), _labelled(16), num_batches=3, phase_index=0)
+        # Per rank: 8 visible images over 2 shards (one view each), 8 infrared over 4 ranks.
+        assert dm._batch_sizes == {"visible": 4, "infrared": 2}
+        loaders = {m: dm._train_loader(m, rank) for m in ("visible", "infrared")}
+        drawn[rank] = {m: list(loader.sampler) for m, loader in loaders.items()}
+        datasets[rank] = loaders["visible"].dataset
+    assert (
+        drawn[0]["visible"] == drawn[2]["visible"] and drawn[1]["visible"] == drawn[3]["visible"]
+    )
+    assert not set(drawn[0]["visible"]) & set(drawn[1]["visible"])
+    assert len({tuple(d["infrared"]) for d in drawn.values()}) == 4  # infrared: own identities
+    for rank, dataset in datasets.items():
+        assert dataset.second_transform is None
+        assert ("ChannelExchange" in repr(dataset.transform)) == (rank >= 2)
+    # R = 4 on 2 processes: two replicas per rank, each rank holds both views of its images.
+    assert [dm.visible_layout(r, 2) for r in range(2)] == [(0, 2, None), (1, 2, None)]
 
 
 # ---------------------------------------------------------------- training and reporting
@@ -231,7 +271,8 @@ def test_a_checkpoint_resumes_only_with_its_own_replica_count(official_smoke, tm
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_two_process_ddp_with_four_replicas_trains_and_ranks_agree(tmp_path):
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_two_process_ddp_with_replicas_trains_and_ranks_agree(tmp_path, replicas):
     from tests.test_ddp import RankRecorder
 
     out = tmp_path / "ddp"
@@ -241,7 +282,7 @@ def test_two_process_ddp_with_four_replicas_trains_and_ranks_agree(tmp_path):
         out,
         "~logger",
         "trainer=ddp_cpu",
-        "model.bn_replicas=4",
+        f"model.bn_replicas={replicas}",
         "data.visible_batch_size=8",
         "data.infrared_batch_size=8",
     )
@@ -252,3 +293,9 @@ def test_two_process_ddp_with_four_replicas_trains_and_ranks_agree(tmp_path):
     assert r0["weights"] == r1["weights"]
     assert r0["metrics"] == r1["metrics"]
     assert 0.0 < metrics["test/sysu_all/mAP"] <= 1.0
+    for b0, b1 in zip(r0["batches"], r1["batches"], strict=True):
+        assert not set(b0["infrared"]) & set(b1["infrared"])
+        if replicas == 2:  # one replica per rank: the ranks hold the two views of one batch
+            assert b0["visible"] == b1["visible"]
+        else:
+            assert not set(b0["visible"]) & set(b1["visible"])

@@ -308,6 +308,23 @@ def _check(condition: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"config value {key}={value!r} is invalid: expected {expected}")
 
 
+def paired_visible_views(bn_replicas: int, world: int) -> bool:
+    """Whether ranks are paired to hold the two visible views of the same images.
+
+    DataParallel gives every replica one view of the visible images (it scatters
+    ``cat(view 1, view 2)``). A rank holding an odd number of the R virtual replicas (R = 4 on
+    4 devices) would mix both views in one replica, so then rank ``r`` and rank
+    ``r + world / 2`` draw the same visible images, view 1 and view 2
+    (:meth:`gur_lightning.data.datamodule.VIReIDDataModule.visible_layout`).
+
+    Args:
+        bn_replicas: R (``model.bn_replicas``).
+        world: Training processes.
+    """
+    local = bn_replicas // world if bn_replicas > 1 else 0
+    return world > 1 and local % 2 == 1 and world % 2 == 0
+
+
 def declared_processes(trainer: Any) -> int | None:
     """Training processes a trainer config asks for (devices x nodes), None when not fixed.
 
@@ -358,13 +375,15 @@ def _validate_replicas(cfg: DictConfig | TrainConfig) -> None:
             r,
             f"a multiple of the {processes} training processes (trainer devices x nodes)",
         )
+        paired = paired_visible_views(r, processes)
         for key in ("visible_batch_size", "infrared_batch_size"):
             size = getattr(d, key)
+            shards = processes // 2 if paired and key.startswith("visible") else processes
             _check(
-                size % (processes * d.num_instances) == 0,
+                size % (shards * d.num_instances) == 0,
                 f"data.{key}",
                 size,
-                f"a global batch that splits into {processes} processes x whole identities of "
+                f"a global batch that splits into {shards} shards x whole identities of "
                 f"data.num_instances={d.num_instances} images",
             )
     _check(

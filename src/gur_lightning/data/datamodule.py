@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
-from gur_lightning.config import AugmentConfig
+from gur_lightning.config import AugmentConfig, paired_visible_views
 from gur_lightning.data.samples import MODALITY_INDEX, Modality, Sample
 from gur_lightning.utils.distributed import get_rank, get_world_size
 from gur_lightning.utils.logging import get_logger
@@ -367,6 +367,24 @@ class VIReIDDataModule(L.LightningDataModule):
         self._phase_index = phase_index
         self._skipped = False
 
+    def visible_layout(self, rank: int, world: int) -> tuple[int, int, int | None]:
+        """How this rank's visible stream is laid out: ``(shard, shards, view)``.
+
+        Normally every rank holds both views of its own visible identities: ``(rank, world,
+        None)``. DataParallel scatters ``cat(view 1, view 2)`` into R chunks, so each replica
+        sees ONE view; a rank holding an even number of replicas keeps that (its first half
+        gets view 1, its second half view 2). A rank holding an odd number (R = 4 on 4
+        devices, say) would mix the views in one replica, so then the ranks are paired: rank
+        ``r`` of the first half and rank ``r + world / 2`` draw the same visible images, view 1
+        on the first and view 2 on the second: ``(r mod world/2, world / 2, 1 or 2)``. Gathered
+        in rank order, the step's visible features are ``cat(view 1, view 2)`` as in the
+        reference.
+        """
+        if paired_visible_views(self.bn_replicas, world):
+            half = world // 2
+            return rank % half, half, 1 if rank < half else 2
+        return rank, world, None
+
     def _per_rank(self, modality: Modality, batch_size: int, world: int) -> tuple[int, int]:
         """This rank's share of a global batch, and the step its identity count must keep.
 
@@ -380,10 +398,14 @@ class VIReIDDataModule(L.LightningDataModule):
         """
         key = f"data.{modality}_batch_size"
         k = self.num_instances
-        if batch_size % (world * k):
+        shards, views = world, 2 if modality == "visible" else 1
+        if modality == "visible":
+            _, shards, view = self.visible_layout(0, world)
+            views = 1 if view is not None else 2
+        if batch_size % (shards * k):
             raise ValueError(
                 f"{key}={batch_size} is the global batch: it must be a multiple of "
-                f"world_size x data.num_instances = {world} x {k} (every rank takes whole "
+                f"{shards} shards x data.num_instances = {shards} x {k} (every rank takes whole "
                 "identities of K images)"
             )
         if self.bn_replicas > 1 and self.bn_replicas % world:
@@ -393,9 +415,9 @@ class VIReIDDataModule(L.LightningDataModule):
             )
         # R = 1 is plain BatchNorm (SyncBatchNorm under DDP): no chunks to keep equal.
         local = max(1, self.bn_replicas // world)
-        rows_per_identity = k * (2 if modality == "visible" else 1)
+        rows_per_identity = k * views
         step = local // math.gcd(local, rows_per_identity)
-        per_rank = batch_size // world
+        per_rank = batch_size // shards
         if (per_rank // k) % step:
             raise ValueError(
                 f"{key}={batch_size}: {per_rank} images per rank "
@@ -418,8 +440,9 @@ class VIReIDDataModule(L.LightningDataModule):
         """
         world = max(1, get_world_size())
         per_rank, step = self._per_rank(modality, batch_size, world)
+        shards = self.visible_layout(0, world)[1] if modality == "visible" else world
         wanted = per_rank // self.num_instances
-        available = len(set(labelled.labels)) // world
+        available = len(set(labelled.labels)) // shards
         available -= available % step
         if not self.shrink_batch or available >= wanted or available < self.min_identities:
             return per_rank
@@ -448,7 +471,9 @@ class VIReIDDataModule(L.LightningDataModule):
         # One seed per (phase, modality): with a shared seed the two streams would draw the same
         # identity positions whenever both hold as many clusters (the reference draws them
         # independently from the global generator).
-
+        rank, world = get_rank(), max(1, get_world_size())
+        if modality == "visible":
+            rank, world, _ = self.visible_layout(rank, world)
         return IdentitySampler(
             list(labelled.labels),
             [s.camid for s in labelled.samples],
@@ -456,6 +481,8 @@ class VIReIDDataModule(L.LightningDataModule):
             batch_size=batch_size,
             num_batches=num_batches,
             seed=self.seed + _PHASE_SEED_STRIDE * phase_index + MODALITY_INDEX[modality],
+            rank=rank,
+            world_size=world,
         )
 
     def _train_loader(self, modality: Modality, rank: int) -> DataLoader:
@@ -464,7 +491,15 @@ class VIReIDDataModule(L.LightningDataModule):
 
         labelled = self._labelled[modality]
         aug = {key: value for key, value in self.augment.items() if key != "adap_gray_p"}
-        if modality == "visible":
+        view = self.visible_layout(rank, max(1, get_world_size()))[2]
+        if modality == "visible" and view is not None:
+            # One view per rank (paired ranks hold the two views of the same images).
+            dataset = PseudoLabelDataset(
+                labelled.samples,
+                labelled.labels,
+                build_train_transform(self.height, self.width, "visible", view=view, **aug),
+            )
+        elif modality == "visible":
             dataset = PseudoLabelDataset(
                 labelled.samples,
                 labelled.labels,
