@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
 
 DATASETS: tuple[str, ...] = ("sysu", "regdb", "llcm")
-#: The training regimes of the ``recipe`` config group (README, "Recipes").
+#: The training regimes of the ``recipe`` config group (docs/recipes.md).
 RECIPES: tuple[str, ...] = ("official", "fixed")
 
 
@@ -268,7 +268,7 @@ class TrainConfig:
         task_name: Name of the run folder family.
         experiment: Name of the experiment preset that was applied.
         recipe: The training regime that was applied (``official``: what the published
-            numbers were trained with; ``fixed``: our corrections; README, "Recipes").
+            numbers were trained with; ``fixed``: our corrections; docs/recipes.md).
         seed: Global seed.
         ckpt_path: Checkpoint to resume from.
         tags: Free-form tags for the logger.

@@ -1,9 +1,9 @@
 """BatchNorm that normalises like ``nn.DataParallel`` over R devices, on any number of devices.
 
 The published GUR figures were trained with ``nn.DataParallel`` on four GPUs and no SyncBN
-(docs/method.md, "BatchNorm under DataParallel"). DataParallel scatters every input tensor along
-the batch axis into R contiguous chunks, runs a replica of the network on each, and keeps the
-in-place buffer updates of replica 0 only. So, in training mode:
+(docs/recipes.md, "What DataParallel does to BatchNorm"). DataParallel scatters every input
+tensor along the batch axis into R contiguous chunks, runs a replica of the network on each,
+and keeps the in-place buffer updates of replica 0 only. So, in training mode:
 
 * every BatchNorm layer computes its batch statistics over its replica's slice alone;
 * the running mean and variance (used by every eval-mode feature: clustering and testing) are
