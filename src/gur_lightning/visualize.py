@@ -1,6 +1,6 @@
 """Dashboard pictures drawn with PIL: ranking lists and pseudo-label quality curves.
 
-Two kinds of picture (issue 6, "Logging and pictures"):
+Two kinds of picture:
 
 * **Ranking lists**: for a few queries of a test protocol, the query image and its top-k gallery
   images after the protocol's gallery removal rule (method.md §13.2-§13.3), each gallery image

@@ -1,4 +1,4 @@
-"""Benchmark: vectorised ranking metrics vs a straightforward per-query loop (issue 3).
+"""Benchmark: vectorised ranking metrics vs a straightforward per-query loop.
 
 The loop below ports the reference algorithm (the official ``eval_sysu`` / ``eval_regdb``,
 method.md §13.2/§13.3) one query at a time, with a stable sort so that both sides rank ties
@@ -36,7 +36,7 @@ gallery images x 10 trials, 96 ids) and one RegDB trial (2,060 images per modali
 SYSU_QUERY_CAMS = (3, 6)
 SYSU_GALLERY_CAMS = (1, 2, 4, 5)
 TOLERANCE = 1e-6
-"""Issue 3: results must agree with the reference to 1e-6."""
+"""Results must agree with the reference to 1e-6."""
 
 
 def reference_loop(

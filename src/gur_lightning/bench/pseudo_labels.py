@@ -1,4 +1,4 @@
-"""Benchmark of the pseudo-label engine (issue 7): ``python -m gur_lightning.bench pseudo_labels``.
+"""Benchmark of the pseudo-label engine: ``python -m gur_lightning.bench pseudo_labels``.
 
 Times :func:`gur_lightning.clustering.dbscan_labels` (exact kNN, sparse k-reciprocal Jaccard,
 DBSCAN on a radius graph) on synthetic clustered unit vectors, against a *baseline*: a plain
@@ -8,7 +8,7 @@ baseline_seconds, speedup, knn_seconds, peak_rss_mb, identical`` and details.
 
 The fast path runs in a fresh subprocess so that its peak RSS (``ru_maxrss``, which includes the
 Python/torch runtime and the (N, D) feature matrix) is not polluted by the baseline's dense N x N
-matrices. Targets (issue 7, d = 2048, 2-core CPU): N = 10,000 at least 10x faster than the baseline
+matrices. Targets (d = 2048, 2-core CPU): N = 10,000 at least 10x faster than the baseline
 with identical labels; N = 20,000 within 1.5x of the kNN alone; N = 34,167 at most 25 s and 2 GB;
 N = 100,000 completes under 8 GB (``--n 100000 --skip-baseline``, a manual run).
 

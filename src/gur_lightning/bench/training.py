@@ -3,7 +3,7 @@
 Both paths train the same model on the same pre-built batch (two visible views plus an infrared
 batch, method.md §6.2) with the same maths: forward through both stems and the shared body,
 InfoNCE against two cluster memories, Adam step, memory momentum update. The difference is the
-framework overhead (hooks, logging, precision plugin, loop bookkeeping), which the issue wants
+framework overhead (hooks, logging, precision plugin, loop bookkeeping), which must stay
 at most 5 %.
 
 Method: ``--rounds`` rounds, each one Lightning fit of ``--warmup + --steps`` batches followed by
@@ -52,7 +52,7 @@ DEFAULT_ARGS: list[list[str]] = [
     ["--precision", "bf16", "--channels-last", "--visible", "16", "--infrared", "32"],
 ]
 
-#: The issue's target for the framework overhead, in percent.
+#: The target for the framework overhead, in percent.
 TARGET_OVERHEAD_PCT: float = 5.0
 
 

@@ -127,7 +127,7 @@ class ClusterQualityPictures(Callback):
 
 
 class RankingPictures(Callback):
-    """Ranking lists of a few test queries after fit (issue 6; method.md §13).
+    """Ranking lists of a few test queries after fit (method.md §13).
 
     For each protocol of the data set (its first gallery trial), ``num_queries`` queries
     spread over the identities (:func:`gur_lightning.visualize.select_queries`) are ranked

@@ -1,4 +1,4 @@
-"""Pseudo-label engine (issue 7): exact k-reciprocal Jaccard at scale, DBSCAN, CAE, CMLU, stats.
+"""Pseudo-label engine: exact k-reciprocal Jaccard at scale, DBSCAN, CAE, CMLU, stats.
 
 Pure functions of tensors / arrays, unit-testable without Lightning (architecture.md §11.4):
 

@@ -1,4 +1,4 @@
-"""Input checks shared by the pseudo-label functions (issue 7, "Bad input").
+"""Input checks shared by the pseudo-label functions: clear errors naming the bad argument.
 
 Every public function of :mod:`gur_lightning.clustering` funnels its arrays through these helpers
 so that malformed input fails early with a message naming the argument and what was expected,
