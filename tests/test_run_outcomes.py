@@ -258,6 +258,9 @@ def test_trained_share_counts_the_last_record_of_each_phase():
     with pytest.raises(UntrainedRunError, match="only 2 of 4 phases trained"):
         check_trained_share(history, 4, 0.75)
     assert check_trained_share([], 4, 0.0) == 0.0  # 0 disables the check
+    # A fit stopped after 2 phases: the record of phase 2 (clustered, never trained) and later
+    # ones do not count; 1 of the 2 phases that ran trained.
+    assert check_trained_share(history, 2, 0.5) == 0.5
 
 
 @pytest.mark.parametrize("value", ["-0.1", "1.5"])

@@ -514,8 +514,15 @@ def _interrupted(cfg: DictConfig, output_dir: Path, signum: int) -> RunInterrupt
 
 
 def trained_share(history: Sequence[Mapping[str, Any]], num_phases: int) -> float:
-    """Share of the schedule's phases that trained (a clustering record not ``skipped``)."""
-    last = {int(record["phase"]): bool(record["skipped"]) for record in history}
+    """Share of the first ``num_phases`` phases that trained (their record is not ``skipped``).
+
+    Records of later phases (the one clustered for a phase that never ran) are left out.
+    """
+    last = {
+        int(record["phase"]): bool(record["skipped"])
+        for record in history
+        if int(record["phase"]) < num_phases
+    }
     return sum(not skipped for skipped in last.values()) / max(num_phases, 1)
 
 
@@ -526,7 +533,7 @@ def check_trained_share(
 
     Args:
         history: The Reclustering callback's history (one record per clustering).
-        num_phases: Phases of the schedule.
+        num_phases: Phases that ran: the schedule's, or fewer when fit was stopped early.
         min_share: ``eval.min_trained_share``.
 
     Returns:
@@ -683,7 +690,10 @@ def _fit_and_test(
     spawned = _fit_ran_in_other_processes(trainer)
     if spawned:
         _reload_callback_states(callbacks, checkpoint_dir / "last.ckpt")
-    _require_trained_phases(cfg, recluster, phases, output_dir, trainer.is_global_zero)
+    # Phases fit ran (fewer than the schedule's when a callback stopped it early); the parent of
+    # spawned workers has no loop state: the whole schedule.
+    ran = len(phases) if spawned else min(trainer.current_epoch, len(phases))
+    _require_trained_phases(cfg, recluster, ran, output_dir, trainer.is_global_zero)
     # Lightning moves the module to the CPU when fit ends; evaluate on the training device.
     module.to(trainer.strategy.root_device)
 
@@ -754,20 +764,20 @@ def _fit_or_stop(
 def _require_trained_phases(
     cfg: DictConfig,
     recluster: Reclustering,
-    phases: list[Phase],
+    ran: int,
     output_dir: Path,
     is_global_zero: bool,
 ) -> None:
     """Fail (keeping clustering_history.json) when fewer phases trained than the config asks."""
     try:
-        share = check_trained_share(recluster.history, len(phases), cfg.eval.min_trained_share)
+        share = check_trained_share(recluster.history, ran, cfg.eval.min_trained_share)
     except UntrainedRunError:
         if is_global_zero:
             (output_dir / "clustering_history.json").write_text(
                 json.dumps(recluster.history, indent=2)
             )
         raise
-    log.info("%.0f%% of the %d phases trained", 100 * share, len(phases))
+    log.info("%.0f%% of the %d phases trained", 100 * share, ran)
 
 
 def _evaluate_selected_on_test(
