@@ -135,16 +135,18 @@ def test_modality_without_any_camera_is_a_clear_error(tree, tmp_path):
 
 
 def test_dbscan_finding_no_cluster_skips_the_phase_with_a_warning(tree, tmp_path, caplog):
-    # No point has 10**4 neighbours: DBSCAN marks every sample an outlier.
+    # No point has 10**4 neighbours: DBSCAN marks every sample an outlier. With the check of
+    # trained phases off, nothing crashes: the (untrained) model is still evaluated.
     with caplog.at_level(logging.WARNING, logger="gur_lightning"):
-        metrics = train(_cfg(tmp_path, *SHORT, "cluster.min_samples=10000"))
+        metrics = train(
+            _cfg(tmp_path, *SHORT, "cluster.min_samples=10000", "eval.min_trained_share=0")
+        )
     assert "phase 0 (epoch 0 intra_camera v1/i3) skipped: ValueError: DBSCAN found no " in (
         caplog.text
     )
     assert "visible samples" in caplog.text
     history = _history(tmp_path)
     assert history and all(h["skipped"] for h in history)
-    # Nothing crashed: the (untrained) model is still evaluated.
     assert 0.0 <= metrics["test/sysu_all/mAP"] <= 1.0
 
 
@@ -153,7 +155,13 @@ def test_fewer_clusters_than_a_batch_needs_skips_with_a_warning(tree, tmp_path, 
     # than the ~50 training identities can give. With shrink_batch off the phase is skipped.
     with caplog.at_level(logging.WARNING, logger="gur_lightning"):
         metrics = train(
-            _cfg(tmp_path, *SHORT, "data.infrared_batch_size=200", "data.shrink_batch=false")
+            _cfg(
+                tmp_path,
+                *SHORT,
+                "data.infrared_batch_size=200",
+                "data.shrink_batch=false",
+                "eval.min_trained_share=0",
+            )
         )
     assert "phase 0 (epoch 0 intra_camera v1/i3) skipped: IdentitySampler needs at least" in (
         caplog.text

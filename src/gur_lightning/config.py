@@ -224,6 +224,10 @@ class EvalConfig:
             Optimistic by construction (a model chosen on its own test set); the official
             recipe turns it on for comparison with published tables, nothing else uses it.
         select_on_test_from_epoch: First GUR epoch scored for that selection (reference: 6).
+        min_trained_share: Least share of the schedule's phases that must have trained (a
+            phase is skipped when its clustering is unusable: DBSCAN found no cluster, too
+            few clusters for a batch); a run below it fails with ``UntrainedRunError`` instead
+            of reporting the (nearly) untrained network's figures. In [0, 1]; 0 disables.
     """
 
     val_every_n_epochs: int = 0
@@ -232,6 +236,7 @@ class EvalConfig:
     within_modality: bool = False
     select_on_test: bool = False
     select_on_test_from_epoch: int = 6
+    min_trained_share: float = 0.5
 
 
 @dataclass
@@ -483,6 +488,12 @@ def validate_config(cfg: DictConfig | TrainConfig) -> None:
         "eval.val_every_n_epochs",
         cfg.eval.val_every_n_epochs,
         ">= 0",
+    )
+    _check(
+        0 <= cfg.eval.min_trained_share <= 1,
+        "eval.min_trained_share",
+        cfg.eval.min_trained_share,
+        "a share of the phases in [0, 1] (0 disables the check)",
     )
     try:
         validate_schedule(

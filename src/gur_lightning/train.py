@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from gur_lightning.callbacks.pictures import build_picture_callbacks
 from gur_lightning.callbacks.recluster import Reclustering
+from gur_lightning.callbacks.signals import GracefulStop, TrainingInterrupted, exit_code_for
 from gur_lightning.callbacks.validation import (
     SELECTED_ON_TEST_PREFIX,
     PeriodicValidation,
@@ -49,8 +52,19 @@ from gur_lightning.evaluation import (
 )
 from gur_lightning.schedule import Phase, build_phases
 from gur_lightning.utils.checkpoints import check_resume_checkpoint
-from gur_lightning.utils.loggers import finish_loggers
+from gur_lightning.utils.loggers import (
+    continue_csv_record,
+    finish_loggers,
+    wandb_resume_kwargs,
+)
 from gur_lightning.utils.logging import get_logger
+from gur_lightning.utils.run_status import (
+    launch_command,
+    one_line_error,
+    read_status,
+    resume_command,
+    update_status,
+)
 
 log = get_logger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -373,6 +387,11 @@ def last_cluster_stats(history: list[dict[str, Any]]) -> dict[str, float]:
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train and evaluate one configuration; returns the flat metrics written to metrics.json.
 
+    The run folder's ``status.json`` follows the run (:mod:`gur_lightning.utils.run_status`):
+    ``running``, then ``finished``, ``failed`` (the error also logged with its traceback, into
+    the Hydra job's log file) or ``interrupted`` (SIGTERM / SIGINT: see
+    :mod:`gur_lightning.callbacks.signals`).
+
     Args:
         cfg: The composed configuration (schema :class:`gur_lightning.config.TrainConfig`).
         extra_callbacks: Further Lightning callbacks (diagnostics, tests). They run before the
@@ -381,7 +400,165 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
     Returns:
         Test metrics (``test/<protocol>/<metric>``) and the last cluster statistics.
+
+    Raises:
+        RunInterrupted: After SIGTERM / SIGINT; names the checkpoint and the resume command.
+        UntrainedRunError: Fewer phases trained than ``eval.min_trained_share`` asks.
     """
+    output_dir = Path(cfg.paths.output_dir)
+    stopper = GracefulStop()
+    try:
+        metrics = _train(cfg, extra_callbacks, stopper)
+    except RunInterrupted:
+        raise
+    except Exception as err:
+        _record_failure(output_dir, err)
+        raise
+    _record_success(output_dir)
+    return metrics
+
+
+class RunInterrupted(Exception):  # noqa: N818 - an outcome, not a programming error
+    """Training stopped after SIGTERM / SIGINT (the command line exits with ``exit_code``).
+
+    Attributes:
+        signum: The signal.
+        exit_code: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+        checkpoint: The phase-end checkpoint to resume from, or None when none was written.
+        command: The resume command (or, without a checkpoint, the command to start again).
+    """
+
+    def __init__(self, signum: int, checkpoint: Path | None, command: str) -> None:
+        self.signum = int(signum)
+        self.exit_code = exit_code_for(signum)
+        self.checkpoint = checkpoint
+        self.command = command
+        where = f"resume from {checkpoint}" if checkpoint else "no phase ended: nothing to resume"
+        super().__init__(f"training interrupted by signal {self.signum} ({where}): {command}")
+
+
+class UntrainedRunError(RuntimeError):
+    """Too few phases trained (unusable clusterings) for the run's figures to mean anything."""
+
+
+def _record_start(cfg: DictConfig, output_dir: Path, wandb_run_id: str | None) -> None:
+    """Write ``status.json`` = running and say where the run folder is."""
+    update_status(
+        output_dir,
+        "running",
+        command=launch_command(),
+        folder=str(output_dir.resolve()),
+        resumed_from=str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path else None,
+        wandb_run_id=wandb_run_id,
+    )
+    log.info("run folder: %s", output_dir.resolve())
+
+
+def _record_success(output_dir: Path) -> None:
+    """Write ``status.json`` = finished and name the checkpoint and the metrics."""
+    metrics = output_dir / "metrics.json"
+    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    update_status(
+        output_dir,
+        "finished",
+        metrics=str(metrics.resolve()),
+        checkpoint=str(checkpoint.resolve()) if checkpoint.is_file() else None,
+    )
+    log.info("finished: checkpoint %s, metrics %s", checkpoint.resolve(), metrics.resolve())
+
+
+def _record_failure(output_dir: Path, err: BaseException) -> None:
+    """Log the traceback (the Hydra job log file gets it) and write ``status.json`` = failed.
+
+    Errors raised before the run folder exists (a bad config outside Hydra) create no folder.
+    """
+    log.exception("training failed: %s", one_line_error(err))
+    if output_dir.is_dir():
+        update_status(output_dir, "failed", error=one_line_error(err), command=launch_command())
+
+
+def _interrupted(cfg: DictConfig, output_dir: Path, signum: int) -> RunInterrupted:
+    """Record a stop after a signal; the phase-end checkpoint to resume from and the command.
+
+    The checkpoint is this run's ``checkpoints/last.ckpt`` (the last phase end: nothing is saved
+    mid-phase), else the checkpoint this run itself resumed from.
+    """
+    last = output_dir / "checkpoints" / "last.ckpt"
+    checkpoint = last if last.is_file() else (Path(cfg.ckpt_path) if cfg.ckpt_path else None)
+    if checkpoint is not None:
+        checkpoint = checkpoint.resolve()
+        command = resume_command(checkpoint)
+        log.warning(
+            "training interrupted by signal %d; the last phase-end checkpoint is %s (the "
+            "interrupted phase is lost). Resume with:\n%s",
+            signum,
+            checkpoint,
+            command,
+        )
+    else:
+        command = launch_command()
+        log.warning(
+            "training interrupted by signal %d before any phase ended: nothing to resume from. "
+            "Start again with:\n%s",
+            signum,
+            command,
+        )
+    update_status(
+        output_dir,
+        "interrupted",
+        signal=int(signum),
+        checkpoint=str(checkpoint) if checkpoint else None,
+        resume_command=command if checkpoint else None,
+    )
+    return RunInterrupted(signum, checkpoint, command)
+
+
+def trained_share(history: Sequence[Mapping[str, Any]], num_phases: int) -> float:
+    """Share of the first ``num_phases`` phases that trained (their record is not ``skipped``).
+
+    Records of later phases (the one clustered for a phase that never ran) are left out.
+    """
+    last = {
+        int(record["phase"]): bool(record["skipped"])
+        for record in history
+        if int(record["phase"]) < num_phases
+    }
+    return sum(not skipped for skipped in last.values()) / max(num_phases, 1)
+
+
+def check_trained_share(
+    history: Sequence[Mapping[str, Any]], num_phases: int, min_share: float
+) -> float:
+    """Refuse a run in which too few phases trained.
+
+    Args:
+        history: The Reclustering callback's history (one record per clustering).
+        num_phases: Phases that ran: the schedule's, or fewer when fit was stopped early.
+        min_share: ``eval.min_trained_share``.
+
+    Returns:
+        The share of phases that trained.
+
+    Raises:
+        UntrainedRunError: When the share is below ``min_share``.
+    """
+    share = trained_share(history, num_phases)
+    if share < min_share:
+        trained = round(share * num_phases)
+        raise UntrainedRunError(
+            f"only {trained} of {num_phases} phases trained ({share:.0%}), below "
+            f"eval.min_trained_share={min_share:g}: the other phases were skipped because their "
+            "clustering was unusable (see the 'skipped' warnings and clustering_history.json; "
+            "e.g. cluster.min_samples or cluster.eps too strict for the data). The network is "
+            "(nearly) untrained, so no figures are reported."
+        )
+    return share
+
+
+def _train(
+    cfg: DictConfig, extra_callbacks: Sequence[Callback], stopper: GracefulStop
+) -> dict[str, float]:
+    """The body of :func:`train`."""
     validate_config(cfg)
     _guard_multirun_ddp(cfg)
     # A resume file must be one of our checkpoints, loaded as data: refused before anything runs.
@@ -407,6 +584,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     checkpoint_dir = output_dir / "checkpoints"
     callbacks = [
         *extra_callbacks,
+        stopper,
         recluster,
         # last.ckpt, overwritten at every epoch end, i.e. at every phase end after the next
         # phase is clustered: the points from which a resume is exact. (``save_last=True`` with
@@ -446,7 +624,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         )
         callbacks.append(selection)
     callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
-    logger = instantiate(cfg.logger) if cfg.logger is not None else False
+    logger, wandb_run_id = _build_logger(cfg)
+    _record_start(cfg, output_dir, wandb_run_id)
     try:
         return _fit_and_test(
             cfg,
@@ -463,6 +642,24 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         # Test metrics logged after fit reach metrics.csv only when the logger is saved again,
         # and an unfinished W&B run would swallow the next multirun job (architecture.md §10.11).
         finish_loggers(logger or None)
+
+
+def _build_logger(cfg: DictConfig) -> tuple[Any, str | None]:
+    """The run's logger; a resumed run continues the interrupted run's record.
+
+    CSV: ``metrics.csv`` continues (:func:`gur_lightning.utils.loggers.continue_csv_record`).
+    W&B: the interrupted run's id (from its ``status.json``) with ``resume="allow"``.
+
+    Returns:
+        ``(logger or False, the W&B run id or None)``.
+    """
+    if cfg.logger is None:
+        return False, None
+    previous = read_status(Path(cfg.ckpt_path).resolve().parents[1]) if cfg.ckpt_path else {}
+    kwargs, run_id = wandb_resume_kwargs(cfg.logger, previous.get("wandb_run_id"))
+    logger = instantiate(cfg.logger, **kwargs)
+    continue_csv_record(logger, ckpt_path=cfg.ckpt_path, output_dir=cfg.paths.output_dir)
+    return logger, run_id
 
 
 def _fit_and_test(
@@ -487,10 +684,16 @@ def _fit_and_test(
         logger=logger,
         default_root_dir=str(output_dir),
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path, weights_only=True)
+    _fit_or_stop(
+        cfg, trainer, module, dm, next(c for c in callbacks if isinstance(c, GracefulStop))
+    )
     spawned = _fit_ran_in_other_processes(trainer)
     if spawned:
         _reload_callback_states(callbacks, checkpoint_dir / "last.ckpt")
+    # Phases fit ran (fewer than the schedule's when a callback stopped it early); the parent of
+    # spawned workers has no loop state: the whole schedule.
+    ran = len(phases) if spawned else min(trainer.current_epoch, len(phases))
+    _require_trained_phases(cfg, recluster, ran, output_dir, trainer.is_global_zero)
     # Lightning moves the module to the CPU when fit ends; evaluate on the training device.
     module.to(trainer.strategy.root_device)
 
@@ -531,6 +734,50 @@ def _fit_and_test(
                 format_table(metrics, prefix=SELECTED_ON_TEST_PREFIX),
             )
     return metrics
+
+
+def _fit_or_stop(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    dm: VIReIDDataModule,
+    stopper: GracefulStop,
+) -> None:
+    """``trainer.fit``; after SIGTERM / SIGINT, raise :class:`RunInterrupted` instead.
+
+    Lightning's own SIGTERM handling ends fit with ``SIGTERMException`` (a ``SystemExit`` with
+    status 0); :class:`GracefulStop` with :class:`TrainingInterrupted`; a signal during the last
+    phase's end lets fit return. All three are the same outcome.
+    """
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path, weights_only=True)
+    except (TrainingInterrupted, SIGTERMException) as stop:
+        signum = getattr(stop, "signum", None) or stopper.received or 15
+        raise _interrupted(cfg, Path(cfg.paths.output_dir), signum) from None
+    finally:
+        # Lightning's teardown re-installs the handlers it found (ours): put the originals back.
+        stopper.restore_handlers()
+    if stopper.received is not None:
+        raise _interrupted(cfg, Path(cfg.paths.output_dir), stopper.received)
+
+
+def _require_trained_phases(
+    cfg: DictConfig,
+    recluster: Reclustering,
+    ran: int,
+    output_dir: Path,
+    is_global_zero: bool,
+) -> None:
+    """Fail (keeping clustering_history.json) when fewer phases trained than the config asks."""
+    try:
+        share = check_trained_share(recluster.history, ran, cfg.eval.min_trained_share)
+    except UntrainedRunError:
+        if is_global_zero:
+            (output_dir / "clustering_history.json").write_text(
+                json.dumps(recluster.history, indent=2)
+            )
+        raise
+    log.info("%.0f%% of the %d phases trained", 100 * share, ran)
 
 
 def _evaluate_selected_on_test(
@@ -575,7 +822,14 @@ def main(cfg: DictConfig) -> float | None:
         # Every DDP process runs this script and writes to the same job log: only rank 0
         # reports progress, the others warnings and errors.
         logging.getLogger("gur_lightning").setLevel(logging.WARNING)
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except RunInterrupted as stop:
+        # 130 / 143 as a shell reports a process ended by SIGINT / SIGTERM. A SystemExit is no
+        # Exception, so Hydra does not record it as a failed job: a sweep stops here too.
+        sys.exit(stop.exit_code)
+    # Failures propagate: Hydra marks the job failed (a sweeper, such as Optuna's, records the
+    # trial as failed) and the process exits non-zero.
     # Sweepers (Optuna) optimise the returned value: the validation mAP when validation ran,
     # never the test set's unless nothing else exists (then it is only a report).
     if "val/holdout/mAP" in metrics:

@@ -14,29 +14,43 @@ CSV logger cannot, and the PNG files in the run folder are the record then.
 :func:`finish_loggers` flushes the loggers (metrics logged after ``fit``) and closes the W&B run;
 in a Hydra multirun it must run after every job, otherwise the next job's logger attaches to the
 still-open run (architecture.md §10 gotcha 11).
+
+Resumed runs keep one record: :func:`continue_csv_record` makes the CSV logger continue the
+interrupted run's ``metrics.csv`` (appended in the same folder, copied into a new one) and
+:func:`wandb_resume_kwargs` gives W&B the interrupted run's id with ``resume="allow"``.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
+import secrets
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from gur_lightning.utils.logging import get_logger
+from gur_lightning.utils.run_status import is_global_rank_zero
 
 log = get_logger(__name__)
 
 __all__ = [
     "WANDB_INSTALL_HINT",
     "WANDB_MODES",
+    "AppendingExperimentWriter",
     "build_wandb_logger",
+    "continue_csv_record",
     "finish_loggers",
     "log_images",
+    "rows_before_checkpoint",
+    "wandb_resume_kwargs",
 ]
 
 #: What to install when ``logger=wandb`` is chosen without the package.
@@ -201,3 +215,160 @@ def finish_loggers(loggers: Logger | Iterable[Logger] | None) -> None:
         if run is not None:
             run.finish()
             logger._experiment = None
+
+
+# ------------------------------------------------------------------ resumed runs
+#: Name of the CSV logger's metrics file (Lightning's ``ExperimentWriter.NAME_METRICS_FILE``).
+METRICS_CSV: str = "metrics.csv"
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV experiment writer that continues an existing ``metrics.csv``.
+
+    Lightning's writer deletes ``metrics.csv`` when it is created (a new run in a used folder);
+    this one keeps the file and its header, appends the new rows, and rewrites the file with a
+    wider header when new keys appear (as Lightning does).
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                header = next(csv.reader(file), [])
+            self.metrics_keys = sorted(header)
+
+    def _check_log_dir_exists(self) -> None:
+        """Keep the existing files (Lightning's writer deletes ``metrics.csv`` here)."""
+
+
+def _checkpoint_position(ckpt_path: str | Path) -> tuple[int, int]:
+    """``(epoch, global_step)`` saved in a Lightning checkpoint (memory-mapped, weights only)."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return int(ckpt["epoch"]), int(ckpt["global_step"])
+
+
+def rows_before_checkpoint(
+    rows: Iterable[Mapping[str, str]], epoch: int, global_step: int
+) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` logged before a phase-end checkpoint was written.
+
+    Training rows carry ``epoch`` (the phase) and the step of their batch; the clustering of the
+    next phase is logged at the checkpoint's ``global_step`` without an epoch, before the
+    checkpoint. Rows of later phases and test results (logged after fit, logged again by the
+    resumed run) are left out.
+
+    Args:
+        rows: The CSV rows (``csv.DictReader``).
+        epoch: The checkpoint's ``epoch`` (the last phase it completed).
+        global_step: The checkpoint's ``global_step``.
+
+    Returns:
+        The kept rows, in order.
+    """
+    kept: list[dict[str, str]] = []
+    for row in rows:
+        step = row.get("step") or ""
+        row_epoch = row.get("epoch") or ""
+        if any(k.startswith("test/") and v not in ("", None) for k, v in row.items()):
+            continue
+        if step and int(float(step)) > global_step:
+            continue
+        if row_epoch and int(float(row_epoch)) > epoch:
+            continue
+        kept.append(dict(row))
+    return kept
+
+
+def continue_csv_record(
+    logger: Logger | None | bool, *, ckpt_path: str | Path | None, output_dir: str | Path
+) -> Path | None:
+    """Make a resumed run's CSV logger continue the interrupted run's ``metrics.csv``.
+
+    Resuming into the SAME run folder, the earlier rows stay and the new ones are appended.
+    Resuming into a NEW folder (Hydra's default: a new timestamped folder), the earlier rows are
+    copied there first, so the new folder holds the whole record. In both cases the rows the
+    interrupted run logged after the checkpoint (the phase it did not finish) are dropped: the
+    resumed run logs them again, so no step appears twice.
+
+    Args:
+        logger: The run's logger (anything but a ``CSVLogger`` is left alone).
+        ckpt_path: The checkpoint the run resumes from (None: a fresh run, nothing to do).
+        output_dir: This run's folder. The interrupted run's folder is the checkpoint's
+            grandparent (``<run>/checkpoints/last.ckpt``); its CSV file is at the same place
+            relative to it as this logger's.
+
+    Returns:
+        This run's ``metrics.csv`` path when it continues a record, else None.
+    """
+    if not isinstance(logger, CSVLogger) or ckpt_path is None:
+        return None
+    target = Path(logger.log_dir) / METRICS_CSV
+    if rank_zero_only.rank == 0 and is_global_rank_zero():
+        try:
+            relative = target.resolve().relative_to(Path(output_dir).resolve())
+        except ValueError:
+            log.warning("%s is outside the run folder: its record is not continued", target)
+            return None
+        source = Path(ckpt_path).resolve().parents[1] / relative
+        if not source.is_file():
+            log.warning("no %s to continue: the metrics record starts at the resume", source)
+        else:
+            epoch, step = _checkpoint_position(ckpt_path)
+            with source.open(newline="") as file:
+                reader = csv.DictReader(file)
+                fields = list(reader.fieldnames or [])
+                rows = rows_before_checkpoint(reader, epoch, step)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            with tmp.open("w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, target)
+            log.info(
+                "metrics record continued from %s: %d rows up to step %d (phase %d)%s",
+                source,
+                len(rows),
+                step,
+                epoch,
+                "" if source == target.resolve() else f", copied to {target}",
+            )
+    logger._experiment = AppendingExperimentWriter(logger.log_dir)
+    return target
+
+
+def is_wandb_target(target: str) -> bool:
+    """Whether a logger config's ``_target_`` builds a W&B logger."""
+    return target.rsplit(".", 1)[-1] in ("build_wandb_logger", "WandbLogger")
+
+
+def new_wandb_run_id() -> str:
+    """A fresh W&B run id (8 lowercase hex characters, valid for ``wandb.init(id=...)``)."""
+    return secrets.token_hex(4)
+
+
+def wandb_resume_kwargs(
+    logger_cfg: Mapping[str, Any] | None, previous_run_id: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """Arguments that give a W&B logger the run id, continuing an interrupted run's.
+
+    A resumed run passes ``id=<the interrupted run's id>`` and ``resume="allow"``, so W&B
+    appends to the same run; a fresh run gets a new id chosen here (so it is known, and written
+    to ``status.json``, before W&B starts). An ``id`` set in the logger config wins.
+
+    Args:
+        logger_cfg: ``cfg.logger`` (None: no logger).
+        previous_run_id: The W&B run id of the run being resumed, if any.
+
+    Returns:
+        ``(extra keyword arguments for the logger, the run id)``; ``({}, None)`` for loggers
+        other than W&B.
+    """
+    if not logger_cfg or not is_wandb_target(str(logger_cfg.get("_target_", ""))):
+        return {}, None
+    if logger_cfg.get("id"):
+        return {"resume": "allow"}, str(logger_cfg["id"])
+    run_id = previous_run_id or new_wandb_run_id()
+    return {"id": run_id, "resume": "allow"}, run_id
