@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from gur_lightning.config import ConfigError, register_configs, validate_config
+from gur_lightning.config import ConfigError, EvalRunConfig, register_configs, validate_config
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import evaluate_splits, format_table, protocol_splits
 from gur_lightning.train import CONF_DIR, build_datamodule, build_module, model_featurizer
@@ -82,7 +82,7 @@ def load_checkpoint_weights(
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate one feature extractor with the data set's protocols; returns the flat metrics."""
-    validate_config(cfg)
+    validate_config(cfg, EvalRunConfig)
     if cfg.features not in FEATURES:
         raise ConfigError(
             f"config value features={cfg.features!r} is invalid: expected one of {FEATURES}"

@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from gur_lightning.callbacks.validation import (
     PeriodicValidation,
     TestSetSelection,
 )
-from gur_lightning.config import register_configs, validate_config
+from gur_lightning.config import evaluate_only_hint, register_configs, validate_config
 from gur_lightning.data.check import check_dataset
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import (
@@ -276,6 +277,54 @@ def _guard_multirun_ddp(cfg: DictConfig) -> None:
         raise ValueError(problem)
 
 
+def fast_dev_run_steps(cfg: DictConfig) -> int:
+    """Steps per phase asked for by ``trainer.fast_dev_run`` (``true``: 1), 0 when it is off."""
+    value = (cfg.trainer or {}).get("fast_dev_run", False)
+    if isinstance(value, bool) or value is None:
+        return int(bool(value))
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"trainer.fast_dev_run={value!r} is invalid: expected true/false or a number of "
+            "steps per phase >= 0"
+        )
+    return value
+
+
+def fast_dev_run_config(cfg: DictConfig) -> DictConfig:
+    """What ``trainer.fast_dev_run`` means for a phase schedule: a quick check of the whole run.
+
+    Lightning's own ``fast_dev_run`` runs one epoch, but a GUR run is one Lightning epoch per
+    phase, so the flag is translated instead: the phases of the first GUR epoch only (see
+    :func:`fast_dev_run_phases`), ``fast_dev_run`` steps each (``true``: 1) after the real
+    clustering, no checkpoints, no logger, no validation or test-set selection, no pictures, and
+    an evaluation on the first gallery trial. ``metrics.json`` is still written.
+
+    Returns:
+        A copy of ``cfg`` with those settings (``cfg`` itself when the flag is off).
+    """
+    steps = fast_dev_run_steps(cfg)
+    if steps == 0:
+        return cfg
+    cfg = cfg.copy()
+    trainer = {k: v for k, v in cfg.trainer.items() if k != "fast_dev_run"}
+    trainer.update(limit_train_batches=steps, enable_checkpointing=False)
+    cfg.trainer = trainer
+    cfg.logger = None
+    cfg.eval.max_trials = 1
+    cfg.eval.val_every_n_epochs = 0
+    cfg.eval.select_on_test = False
+    log.info(
+        "fast_dev_run: the first GUR epoch's phases, %d step(s) each, no checkpoint or logger",
+        steps,
+    )
+    return cfg
+
+
+def fast_dev_run_phases(phases: list[Phase]) -> list[Phase]:
+    """The phases of the first GUR epoch (all of its stages, each clustered for real)."""
+    return [p for p in phases if p.gur_epoch == phases[0].gur_epoch] if phases else phases
+
+
 def launch_local_rank(environ: Mapping[str, str] | None = None) -> int:
     """This process's local rank as set by a launcher before any process group exists.
 
@@ -384,6 +433,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     """
     validate_config(cfg)
     _guard_multirun_ddp(cfg)
+    dev_run = fast_dev_run_steps(cfg) > 0
+    cfg = fast_dev_run_config(cfg)
     # A resume file must be one of our checkpoints, loaded as data: refused before anything runs.
     check_resume_checkpoint(cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
@@ -401,26 +452,28 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     log.info(
         "%s: %d GUR epochs expanded into %d phases", schedule.name, schedule.epochs, len(phases)
     )
+    if dev_run:
+        phases = fast_dev_run_phases(phases)
     module = build_module(cfg)
     recluster = build_reclustering(cfg, phases)
     trainer_kwargs = build_trainer_kwargs(cfg)
     checkpoint_dir = output_dir / "checkpoints"
-    callbacks = [
-        *extra_callbacks,
-        recluster,
+    callbacks: list[Callback] = [*extra_callbacks, recluster]
+    if not dev_run:
         # last.ckpt, overwritten at every epoch end, i.e. at every phase end after the next
         # phase is clustered: the points from which a resume is exact. (``save_last=True`` with
         # ``save_top_k=0`` would only write it when fit ends.)
-        ModelCheckpoint(
-            dirpath=str(checkpoint_dir),
-            filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-            save_top_k=1,
-            monitor=None,
-            every_n_epochs=1,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
-        ),
-    ]
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(checkpoint_dir),
+                filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                save_top_k=1,
+                monitor=None,
+                every_n_epochs=1,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
+        )
     strategy_cfg = cfg.trainer.get("strategy")
     start = strategy_cfg.get("start_method", "") if isinstance(strategy_cfg, DictConfig) else ""
     if "spawn" in str(start or strategy_cfg):
@@ -445,7 +498,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
             checkpoint_dir=str(checkpoint_dir),
         )
         callbacks.append(selection)
-    callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
+    if not dev_run:
+        callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
     logger = instantiate(cfg.logger) if cfg.logger is not None else False
     try:
         return _fit_and_test(
@@ -565,9 +619,53 @@ def _evaluate_selected_on_test(
     return out
 
 
+def available_experiments(conf_dir: str = CONF_DIR) -> list[str]:
+    """Names of the experiment presets (``conf/experiment/*.yaml``), sorted."""
+    return sorted(p.stem for p in (Path(conf_dir) / "experiment").glob("*.yaml"))
+
+
+def missing_experiment_problem(cfg: DictConfig) -> str | None:
+    """A one-line error when no experiment was chosen and the data set is unset, else None.
+
+    Without ``+experiment=`` the defaults describe SYSU-MM01 without a ``data.root``; instead of
+    the resulting missing-value traceback, the user is told which experiments exist.
+    """
+    if cfg.experiment != "none" or not OmegaConf.is_missing(cfg.data, "root"):
+        return None
+    choices = ", ".join(f"+experiment={name}" for name in available_experiments())
+    return (
+        f"no experiment chosen (and no data.root): add one of {choices} "
+        "(the real data sets also need data.root=PATH)"
+    )
+
+
+def evaluate_only_override_problem(overrides: Sequence[str]) -> str | None:
+    """A one-line error for an evaluation-only key (``ckpt=``) on the training command line.
+
+    Hydra would only say that the key is not in the config and suggest ``+ckpt=``; this names
+    what to use instead. Checked before Hydra composes (see :func:`cli`).
+    """
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        hint = evaluate_only_hint(key) if "=" in override else None
+        if hint is not None:
+            return f"{key.lstrip('+~')}= is not a training setting: {hint}"
+    return None
+
+
+def cli() -> None:
+    """Console entry point: refuses evaluation-only overrides, then runs :func:`main`."""
+    problem = evaluate_only_override_problem(sys.argv[1:])
+    if problem is not None:
+        raise SystemExit(f"error: {problem}")
+    main()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the validation mAP (else the first test mAP) for sweepers."""
+    if (problem := missing_experiment_problem(cfg)) is not None:
+        raise SystemExit(f"error: {problem}")
     os.environ.setdefault("WANDB_MODE", "offline")
     if launch_local_rank() != 0 or any(
         int(os.environ.get(key, "0")) != 0 for key in ("RANK", "SLURM_PROCID")
@@ -587,4 +685,4 @@ def main(cfg: DictConfig) -> float | None:
 register_configs()
 
 if __name__ == "__main__":
-    main()
+    cli()
