@@ -50,7 +50,7 @@ from gur_lightning.evaluation import (
 )
 from gur_lightning.schedule import Phase, build_phases
 from gur_lightning.utils.checkpoints import check_resume_checkpoint
-from gur_lightning.utils.loggers import finish_loggers
+from gur_lightning.utils.loggers import finish_loggers, log_run_config
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -419,6 +419,14 @@ def last_cluster_stats(history: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The whole resolved config as plain containers, for the loggers (``hydra`` left out)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)  # a DictConfig converts to a dict
+    config.pop("hydra", None)
+    return {str(k): v for k, v in config.items()}
+
+
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train and evaluate one configuration; returns the flat metrics written to metrics.json.
 
@@ -501,6 +509,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     if not dev_run:
         callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
     logger = instantiate(cfg.logger) if cfg.logger is not None else False
+    log_run_config(logger, run_config(cfg))
     try:
         return _fit_and_test(
             cfg,
