@@ -36,6 +36,7 @@ from gur_lightning.utils.checkpoints import (
     load_checkpoint,
 )
 from gur_lightning.utils.logging import get_logger
+from gur_lightning.utils.warnings import quiet_known_noise
 
 log = get_logger(__name__)
 
@@ -118,6 +119,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    quiet_known_noise()
     evaluate(cfg)
 
 

@@ -52,6 +52,7 @@ from gur_lightning.schedule import Phase, build_phases
 from gur_lightning.utils.checkpoints import check_resume_checkpoint
 from gur_lightning.utils.loggers import finish_loggers, log_run_config
 from gur_lightning.utils.logging import get_logger
+from gur_lightning.utils.warnings import quiet_known_noise
 
 log = get_logger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -415,6 +416,8 @@ def last_cluster_stats(history: list[dict[str, Any]]) -> dict[str, float]:
         for key, value in record.items():
             if key in ("phase", "gur_epoch", "stage", "label", "trainer_epoch", "skipped"):
                 continue
+            if isinstance(value, str):  # knn_backend: not a statistic
+                continue
             out[f"cluster/{record['stage']}/{key}"] = float(value)
     return out
 
@@ -673,6 +676,7 @@ def cli() -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the validation mAP (else the first test mAP) for sweepers."""
+    quiet_known_noise()
     if (problem := missing_experiment_problem(cfg)) is not None:
         raise SystemExit(f"error: {problem}")
     os.environ.setdefault("WANDB_MODE", "offline")

@@ -70,6 +70,8 @@ class ClusteringResult:
         stats: Flat statistics to log (``cluster/<stage>/...``).
         error: A message when the clustering is unusable (the phase is then skipped).
         fatal: The error is not a clustering outcome but a failure (every rank raises).
+        knn_backend: The kNN engine of the Jaccard distances (``torch-cpu``, ``faiss-gpu``...;
+            empty when nothing was clustered, as with the oracle).
     """
 
     labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -78,6 +80,7 @@ class ClusteringResult:
     stats: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     fatal: bool = False
+    knn_backend: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ class Reclustering(Callback):
 
     Attributes:
         history: One record per clustering: ``phase``, ``trainer_epoch`` (the Lightning epoch
-            whose end, or fit start, ran it), ``stage``, ``skipped``, ``seconds`` and the stats.
+            whose end, or fit start, ran it), ``stage``, ``skipped``, ``seconds``,
+            ``knn_backend`` (the kNN engine that ran, e.g. ``torch-cpu``) and the stats.
         installed: What is installed for the current or next phase (None before fit).
 
     Hooks and ranks: ``setup`` checks the trainer; ``on_fit_start`` clusters phase 0 or
@@ -184,6 +188,8 @@ class Reclustering(Callback):
         self._restored: dict[str, Any] | None = None
         self._fingerprint: dict[str, Any] | None = None
         self._world_size = 1
+        # The kNN engine of the last Jaccard distance computed (rank 0).
+        self._knn_backend_used = ""
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -419,7 +425,9 @@ class Reclustering(Callback):
         failure: BaseException | None = None
         if trainer.is_global_zero:
             try:
+                self._knn_backend_used = ""
                 result = self._cluster(phase, samples, features)
+                result.knn_backend = self._knn_backend_used
             except (ValueError, RuntimeError) as err:
                 # An unusable clustering (no cluster found...): every rank skips the phase.
                 result = ClusteringResult(error=f"{type(err).__name__}: {err}")
@@ -444,6 +452,7 @@ class Reclustering(Callback):
             "trainer_epoch": trigger_epoch,
             "skipped": skipped,
             "seconds": seconds,
+            "knn_backend": result.knn_backend,
             **{f"memory_size/{k}": int(v.shape[0]) for k, v in result.memories.items()},
             **result.stats,
         }
@@ -521,9 +530,10 @@ class Reclustering(Callback):
         )
 
     def _cluster_labels(self, features: torch.Tensor, eps: float) -> np.ndarray:
-        from gur_lightning.clustering import dbscan_labels
+        from gur_lightning.clustering import JaccardTimings, dbscan_labels
 
-        return dbscan_labels(
+        timings = JaccardTimings()
+        labels = dbscan_labels(
             features,
             eps=eps,
             min_samples=self.min_samples,
@@ -531,7 +541,10 @@ class Reclustering(Callback):
             k2=self.k2,
             knn_backend=self.knn_backend,
             kernels=self.kernels,
+            timings=timings,
         )
+        self._knn_backend_used = timings.knn_backend
+        return labels
 
     def _statistics(
         self, labels: np.ndarray, samples: Sequence[Sample], prefix: str = ""

@@ -91,7 +91,9 @@ class PeriodicValidation(Callback):
         if current > self.best_map:
             self.best_map = current
             if self.checkpoint_dir is not None:
-                trainer.save_checkpoint(str(Path(self.checkpoint_dir) / "best_val.ckpt"))
+                trainer.save_checkpoint(
+                    str(Path(self.checkpoint_dir) / "best_val.ckpt"), weights_only=False
+                )
 
 
 #: File (in the run's checkpoint folder) holding the weights the test-set selection kept.

@@ -253,15 +253,8 @@ class VIReIDDataModule(L.LightningDataModule):
         kwargs: dict = {}
         if self.name == "regdb":
             kwargs = {"trial": self.trial, "holdout_val": self.holdout_val}
+        # The reader logs the image counts of every split.
         self.dataset = load_dataset(self.name, self.root, **kwargs)
-        train = self.dataset.train
-        log.info(
-            "%s at %s: %d visible and %d infrared training images",
-            self.name,
-            self.root,
-            sum(s.modality == "visible" for s in train),
-            sum(s.modality == "infrared" for s in train),
-        )
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the training data, saved in checkpoints to refuse a foreign resume.
