@@ -566,9 +566,10 @@ def validate_config(
         cfg.eval.val_every_n_epochs,
         ">= 0",
     )
+    schedule = OmegaConf.to_object(cfg.schedule) if isinstance(cfg, DictConfig) else cfg.schedule
+    if not isinstance(schedule, ScheduleConfig):
+        raise ConfigError(f"config node schedule is a {type(schedule).__name__}, not a schedule")
     try:
-        validate_schedule(
-            OmegaConf.to_object(cfg.schedule) if isinstance(cfg, DictConfig) else cfg.schedule
-        )
+        validate_schedule(schedule)
     except ScheduleError as err:
         raise ConfigError(str(err)) from err

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -48,7 +48,7 @@ from gur_lightning.evaluation import (
     format_table,
     protocol_splits,
 )
-from gur_lightning.schedule import Phase, build_phases
+from gur_lightning.schedule import Phase, ScheduleConfig, build_phases
 from gur_lightning.utils.checkpoints import check_resume_checkpoint
 from gur_lightning.utils.loggers import finish_loggers, log_run_config
 from gur_lightning.utils.logging import get_logger
@@ -79,10 +79,18 @@ class PhaseProgressBar(TQDMProgressBar):
         )
 
 
+def plain_dict(node: Any, *, resolve: bool = True) -> dict[str, Any]:
+    """A config mapping node as a plain dict (``OmegaConf.to_container`` typed for mappings)."""
+    out = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(out, dict):
+        raise TypeError(f"expected a mapping config node, got {type(out).__name__}")
+    return cast(dict[str, Any], out)
+
+
 def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
     """The DataModule from ``cfg.data`` (SynVI generated first when configured)."""
     d = cfg.data
-    synvi = OmegaConf.to_container(d.synvi, resolve=True) if d.synvi is not None else None
+    synvi = plain_dict(d.synvi) if d.synvi is not None else None
     return VIReIDDataModule(
         d.name,
         d.root,
@@ -98,7 +106,7 @@ def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
         eval_batch_size=d.eval_batch_size,
         shrink_batch=d.shrink_batch,
         min_identities=d.min_identities,
-        augment=OmegaConf.to_container(d.augment, resolve=True),
+        augment=plain_dict(d.augment),
         seed=cfg.seed,
         bn_replicas=cfg.model.bn_replicas,
     )
@@ -170,7 +178,7 @@ def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     ``_target_`` (``trainer=ddp``: a ``DDPStrategy`` with a ``datetime.timedelta`` timeout); it
     is instantiated here.
     """
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs = plain_dict(cfg.trainer)
     strategy = kwargs.get("strategy")
     if isinstance(strategy, dict) and "_target_" in strategy:
         kwargs["strategy"] = instantiate(_modern_ddp_kwargs(strategy))
@@ -268,9 +276,9 @@ def _guard_multirun_ddp(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
     except ValueError:  # not running under Hydra (tests calling train() directly)
         return
-    launcher = hydra_cfg.get("launcher") or {}
+    launcher = hydra_cfg.launcher or {}
     problem = multirun_ddp_problem(
-        OmegaConf.to_container(cfg.trainer, resolve=False) if cfg.trainer else {},
+        plain_dict(cfg.trainer, resolve=False) if cfg.trainer else {},
         mode=hydra_cfg.mode,
         launcher_target=str(launcher.get("_target_", "")),
     )
@@ -424,10 +432,9 @@ def last_cluster_stats(history: list[dict[str, Any]]) -> dict[str, float]:
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The whole resolved config as plain containers, for the loggers (``hydra`` left out)."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)  # a DictConfig converts to a dict
+    config = plain_dict(cfg)
     config.pop("hydra", None)
-    return {str(k): v for k, v in config.items()}
+    return config
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
@@ -457,8 +464,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     dm.setup("fit")
     if cfg.data.check:
         # Every image of every split, before the first step (cached by the tree's listing).
-        check_dataset(dm.dataset)
+        check_dataset(dm.require_dataset())
     schedule = OmegaConf.to_object(cfg.schedule)
+    assert isinstance(schedule, ScheduleConfig)  # the schema's type of cfg.schedule
     phases = build_phases(schedule, dm.cameras("visible"), dm.cameras("infrared"))
     log.info(
         "%s: %d GUR epochs expanded into %d phases", schedule.name, schedule.epochs, len(phases)

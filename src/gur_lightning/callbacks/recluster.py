@@ -30,17 +30,18 @@ run resumed from a phase-end checkpoint continues exactly as the uninterrupted r
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from gur_lightning.data.datamodule import LabelledSet, VIReIDDataModule
+from gur_lightning.data.datamodule import LabelledSet, VIReIDDataModule, fitted_datamodule
 from gur_lightning.data.samplers import NotEnoughClustersError
 from gur_lightning.data.samples import Sample
 from gur_lightning.schedule import Phase
@@ -51,6 +52,9 @@ from gur_lightning.utils.distributed import (
     get_world_size,
 )
 from gur_lightning.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from gur_lightning.models.module import GURLitModule
 
 log = get_logger(__name__)
 
@@ -100,6 +104,11 @@ class InstalledPhase:
     labels: dict[str, np.ndarray]
     memories: dict[str, torch.Tensor]
     routing: dict[str, str]
+
+
+def _gur(pl_module: L.LightningModule) -> GURLitModule:
+    """The module as the GURLitModule this callback drives (a static cast: tests use stand-ins)."""
+    return cast("GURLitModule", pl_module)
 
 
 class ResumeError(ValueError):
@@ -196,17 +205,19 @@ class Reclustering(Callback):
         """Fail fast on trainer settings that would silently break the phase mapping."""
         if stage != "fit":
             return
-        if trainer.reload_dataloaders_every_n_epochs != 1:
+        # Set by Lightning's data connector, not a declared attribute of Trainer.
+        reload_every = getattr(trainer, "reload_dataloaders_every_n_epochs", None)
+        if reload_every != 1:
             raise ValueError(
                 "Reclustering needs trainer.reload_dataloaders_every_n_epochs=1 (one phase per "
-                f"epoch, new loaders each), got {trainer.reload_dataloaders_every_n_epochs}"
+                f"epoch, new loaders each), got {reload_every}"
             )
         if trainer.max_epochs != len(self.phases):
             raise ValueError(
                 f"trainer.max_epochs={trainer.max_epochs} but the schedule has "
                 f"{len(self.phases)} phases: they must be equal"
             )
-        if not isinstance(trainer.datamodule, VIReIDDataModule):
+        if not isinstance(getattr(trainer, "datamodule", None), VIReIDDataModule):
             raise TypeError("Reclustering needs the trainer to run with a VIReIDDataModule")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -216,7 +227,7 @@ class Reclustering(Callback):
             ResumeError: When resuming from a checkpoint of another experiment (schedule or
                 training data differ), one saved mid-phase, or one without this callback's state.
         """
-        dm: VIReIDDataModule = trainer.datamodule
+        dm = fitted_datamodule(trainer)
         self._fingerprint = self._make_fingerprint(dm)
         self._world_size = get_world_size()
         restored, self._restored = self._restored, None
@@ -241,7 +252,7 @@ class Reclustering(Callback):
                 f"{have}: the loop state and the Reclustering state disagree"
             )
         self._at_boundary = False
-        pl_module.gur_epoch = self.phases[epoch].gur_epoch
+        _gur(pl_module).gur_epoch = self.phases[epoch].gur_epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the trained memories the next stages need, then cluster for the next phase."""
@@ -320,7 +331,9 @@ class Reclustering(Callback):
         schedule = hashlib.sha256(repr(self.phases).encode()).hexdigest()[:16]
         return {"num_phases": len(self.phases), "schedule": schedule, "data": dm.fingerprint()}
 
-    def _check_fingerprint(self, state: dict[str, Any], ckpt: str | None) -> None:
+    def _check_fingerprint(
+        self, state: dict[str, Any], ckpt: str | os.PathLike[str] | None
+    ) -> None:
         """Refuse a checkpoint whose schedule or training data differ from this run's."""
         saved, current = state["fingerprint"], self._fingerprint
         assert current is not None
@@ -373,7 +386,7 @@ class Reclustering(Callback):
             routing=dict(inst["routing"]),
             error=None if inst["ok"] else "skipped in the interrupted run",
         )
-        samples = self._phase_samples(trainer.datamodule, phase)
+        samples = self._phase_samples(fitted_datamodule(trainer), phase)
         for m, labels in result.labels.items():
             if len(labels) != len(samples[m]):
                 raise ResumeError(
@@ -394,11 +407,13 @@ class Reclustering(Callback):
     # ------------------------------------------------------------- machinery
     def _snapshot_memories(self, phase: Phase, pl_module: L.LightningModule) -> None:
         current = {
-            k: v.detach().float().cpu().clone() for k, v in pl_module.memory_tensors().items()
+            k: v.detach().float().cpu().clone()
+            for k, v in _gur(pl_module).memory_tensors().items()
         }
         if "visible" not in current or "infrared" not in current:
             return  # oracle labels train one shared memory: no per-domain prototypes to keep
         if phase.stage == "intra_camera":
+            assert phase.visible_camera is not None and phase.infrared_camera is not None
             self._camera_memories[("visible", phase.visible_camera)] = current["visible"]
             self._camera_memories[("infrared", phase.infrared_camera)] = current["infrared"]
         elif phase.stage == "inter_camera":
@@ -416,8 +431,8 @@ class Reclustering(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, index: int, trigger_epoch: int
     ) -> None:
         phase = self.phases[index]
-        dm: VIReIDDataModule = trainer.datamodule
-        pl_module.gur_epoch = phase.gur_epoch
+        dm = fitted_datamodule(trainer)
+        _gur(pl_module).gur_epoch = phase.gur_epoch
         start = time.perf_counter()
         samples = self._phase_samples(dm, phase)
         features = {m: self._extract(trainer, pl_module, dm, s) for m, s in samples.items()}
@@ -438,6 +453,7 @@ class Reclustering(Callback):
         result = trainer.strategy.broadcast(result, src=0)
         if failure is not None:
             raise failure
+        assert result is not None  # rank 0 always sets it
         if result.fatal:
             raise RemoteError(f"rank 0 failed to cluster phase {phase.index}: {result.error}")
         skipped = not self._install(trainer, pl_module, phase, samples, result)
@@ -484,7 +500,7 @@ class Reclustering(Callback):
         result: ClusteringResult,
     ) -> bool:
         """Install labels and memories for ``phase`` (or an empty phase); True unless skipped."""
-        dm: VIReIDDataModule = trainer.datamodule
+        dm = fitted_datamodule(trainer)
         ok = result.error is None
         if ok:
             try:
@@ -502,7 +518,7 @@ class Reclustering(Callback):
                 ok = False
         if ok:
             memories = {k: v.to(pl_module.device) for k, v in result.memories.items()}
-            pl_module.set_memories(memories, result.routing)
+            _gur(pl_module).set_memories(memories, result.routing)
         else:
             log.warning("phase %d (%s) skipped: %s", phase.index, phase.label, result.error)
             dm.skip_phase(phase.iterations)
@@ -592,17 +608,19 @@ class Reclustering(Callback):
                 if phase.modality_cae and len(protos) == 2
                 else joint
             )
-            labels = self._cluster_labels(rep, eps)
-            self._require_clusters(labels, "joint")
+            joint_labels = self._cluster_labels(rep, eps)
+            self._require_clusters(joint_labels, "joint")
             n_vis = len(samples["visible"])
-            result.labels = {"visible": labels[:n_vis], "infrared": labels[n_vis:]}
-            result.memories = {"shared": cluster_centroids(joint, torch.as_tensor(labels))}
+            result.labels = {"visible": joint_labels[:n_vis], "infrared": joint_labels[n_vis:]}
+            result.memories = {"shared": cluster_centroids(joint, torch.as_tensor(joint_labels))}
             result.routing = {"visible": "shared", "infrared": "shared"}
-            result.stats = self._statistics(labels, all_samples)
+            result.stats = self._statistics(joint_labels, all_samples)
             for m in ("visible", "infrared"):
                 result.stats.update(self._statistics(result.labels[m], samples[m], f"{m}/"))
             modality = np.array([s.modality == "visible" for s in all_samples])
-            result.stats["cross_modal_cluster_fraction"] = _cross_modal_fraction(labels, modality)
+            result.stats["cross_modal_cluster_fraction"] = _cross_modal_fraction(
+                joint_labels, modality
+            )
             return result
 
         labels: dict[str, np.ndarray] = {}

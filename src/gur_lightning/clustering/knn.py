@@ -523,6 +523,7 @@ class _ProposalProduct:
                 q_len[a:b] = torch.linalg.vector_norm(approx, dim=1).numpy()
             err = resid * length.max() + q_len * resid.max() + 4.0 * u32 * q_len * q_len.max()
             return 2.0 * err + rounding
+        assert self.proposal is not None  # a float proposal dtype here (int8 returned above)
         u = torch.finfo(self.proposal).eps / 2.0
         # inputs rounded (2u + u^2), float32 accumulation (D u32), output rounded (u).
         return 2.0 * scale * (3.0 * u + u * u + dim * u32) + rounding
@@ -537,6 +538,11 @@ def _torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def _is_turn(state: dict[str, int], index: int) -> bool:
+    """Whether the blocks before ``index`` have been scanned (the condition of a wait)."""
+    return state["scanned"] == index
 
 
 def _blocked_cpu_pool(
@@ -599,7 +605,7 @@ def _blocked_cpu_pool(
                 return
             g = multiply(i, buf)
             with turn:
-                turn.wait_for(lambda i=i: state["scanned"] == i)
+                turn.wait_for(functools.partial(_is_turn, state, i))
                 try:
                     scan(g, *pairs[i])
                 finally:

@@ -230,7 +230,7 @@ def log_run_config(
     return received
 
 
-def finish_loggers(loggers: Logger | Iterable[Logger] | None) -> None:
+def finish_loggers(loggers: Logger | Iterable[Logger] | None | bool) -> None:
     """Flush every logger and close its W&B run, if any.
 
     Call it in a ``finally`` at the end of a job: metrics logged after ``fit`` (the test
