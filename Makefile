@@ -35,9 +35,10 @@ test-full: $(STAMP) ## every test, slow ones included (DDP, sweeps, long runs)
 bench: $(STAMP) ## benchmarks; figures go to bench_results/
 	$(PY) -m gur_lightning.bench all --out bench_results
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check, format check and mypy
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
 
 format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests

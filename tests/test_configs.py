@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from gur_lightning.config import ConfigError, register_configs, validate_config
@@ -82,3 +83,77 @@ def test_cluster_engine_options_reach_the_reclustering_callback():
     validate_config(cfg)
     callback = build_reclustering(cfg, [])
     assert (callback.kernels, callback.knn_backend) == ("numpy", "torch")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("+cluster.esp=0.5", "cluster.esp"),
+        ("+model.lerning_rate=0.1", "model.lerning_rate"),
+        ("+data.augment.flip=0.2", "data.augment.flip"),
+        ("+seeed=3", "seeed"),
+    ],
+)
+def test_key_added_with_plus_is_checked_against_the_schema(override, key):
+    cfg = _compose("+experiment=regdb", "data.root=/x", override)
+    with pytest.raises(ConfigError, match=rf"unknown config key '{key}'"):
+        validate_config(cfg)
+
+
+def test_legitimate_plus_overrides_still_validate():
+    # Config groups added with + and the free-form trainer node accept what they always did.
+    cfg = _compose(
+        "+experiment=regdb", "data.root=/x", "+sweep=regdb_trials", "+trainer.benchmark=true"
+    )
+    validate_config(cfg)
+    assert cfg.trainer.benchmark is True
+
+
+def test_evaluate_only_keys_are_refused_by_training_with_a_hint():
+    cfg = _compose("+experiment=regdb", "data.root=/x", "+ckpt=/runs/last.ckpt")
+    with pytest.raises(ConfigError, match=r"'ckpt'.*ckpt_path=.*gur_lightning\.evaluate"):
+        validate_config(cfg)
+    with pytest.raises(ConfigCompositionException, match="ckpt"):
+        _compose("+experiment=regdb", "data.root=/x", "ckpt=/runs/last.ckpt")
+
+
+def test_train_command_line_with_ckpt_names_the_alternatives(monkeypatch):
+    from gur_lightning import train as train_mod
+
+    def fail_main() -> None:  # Hydra must not even compose
+        raise AssertionError("main() ran")
+
+    monkeypatch.setattr(train_mod, "main", fail_main)
+    monkeypatch.setattr("sys.argv", ["train", "+experiment=smoke", "ckpt=/runs/last.ckpt"])
+    with pytest.raises(SystemExit) as err:
+        train_mod.cli()
+    message = str(err.value.code)
+    assert "ckpt=" in message and "ckpt_path=" in message and "gur_lightning.evaluate" in message
+
+
+def test_eval_config_has_its_own_schema_with_ckpt_and_features():
+    from gur_lightning.config import EvalRunConfig, TrainConfig
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=["+experiment=regdb", "data.root=/x", "ckpt=/a.ckpt"])
+    assert OmegaConf.get_type(cfg) is EvalRunConfig
+    assert (cfg.ckpt, cfg.features, cfg.task_name) == ("/a.ckpt", "model", "eval")
+    # The experiment's values survive the schema swap.
+    assert cfg.data.name == "regdb" and cfg.experiment == "regdb"
+    validate_config(cfg, EvalRunConfig)
+    assert "ckpt" not in _compose("+experiment=regdb", "data.root=/x")
+    assert OmegaConf.get_type(_compose("+experiment=regdb", "data.root=/x")) is TrainConfig
+
+
+def test_no_experiment_is_a_one_line_hint_listing_the_experiments():
+    from gur_lightning.train import main
+
+    cfg = _compose("paths.output_dir=/tmp/unused")
+    with pytest.raises(SystemExit) as err:
+        main(cfg)
+    message = str(err.value.code)
+    assert err.value.code not in (0, None)
+    assert "\n" not in message
+    for name in EXPERIMENTS:
+        assert f"+experiment={name}" in message

@@ -681,3 +681,55 @@ def test_optuna_sweep_runs_two_trials(tmp_path):
         assert "val/holdout/mAP" in json.loads(
             (tmp_path / "sweep" / job / "metrics.json").read_text()
         )
+
+
+def test_csv_hparams_hold_the_whole_resolved_config(smoke_csv):
+    run, cfg, _ = smoke_csv
+    import yaml
+
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    # Beside the module's own hyper-parameters (lr, temperature...), the run's config.
+    assert hparams["lr"] == pytest.approx(cfg.model.lr)
+    expected = {
+        "cluster.eps": cfg.cluster.eps,
+        "cluster.k1": 6,  # the smoke experiment's value
+        "cluster.eps_inter_modality": cfg.cluster.eps,  # resolved, not "${.eps}"
+        "data.name": "sysu",
+        "data.synvi.num_ids": 24,
+        "schedule.name": "smoke",
+        "schedule.epochs": 1,
+        "seed": 1,
+        "experiment": "smoke",
+        "paths.output_dir": str(run),
+        "trainer.accelerator": "cpu",
+    }
+    for key, value in expected.items():
+        assert hparams[key] == value, key
+
+
+def test_log_run_config_is_flat_except_for_wandb():
+    class Recorder(Logger):
+        name = "recorder"
+        version = 0
+
+        def __init__(self):
+            super().__init__()
+            self.params = None
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            self.params = params
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+    recorder = Recorder()
+    config = {"cluster": {"eps": 0.5, "k1": 30}, "seed": 3, "trainer": {}, "tags": ["a"]}
+    assert lg.log_run_config([recorder], config) == ["Recorder"]
+    assert recorder.params == {
+        "cluster.eps": 0.5,
+        "cluster.k1": 30,
+        "seed": 3,
+        "trainer": {},
+        "tags": ["a"],
+    }
+    assert lg.log_run_config(False, config) == []

@@ -1,9 +1,13 @@
 """Structured Hydra schemas: a misspelled key or a wrong type fails when the config is composed.
 
 Every YAML file under ``conf/`` is merged onto these dataclasses (registered in Hydra's
-ConfigStore as ``train_schema``), so ``cluster.esp=0.5`` or ``data.height=abc`` is rejected by
-Hydra itself, naming the key. Value ranges (eps must be positive, K must divide the batch...) are
-checked by :func:`validate_config` right after composition, before anything is built.
+ConfigStore as the ``schema`` group: ``schema: train`` for ``gur_lightning.train``, overridden by
+``schema: eval`` in ``conf/eval.yaml`` for ``gur_lightning.evaluate``), so ``cluster.esp=0.5`` or
+``data.height=abc`` is rejected by Hydra itself, naming the key. Hydra adds a ``+key=value``
+override with ``force_add``, past the schema's struct mode, so :func:`validate_config` first
+re-checks the composed config against its schema (:func:`check_schema`): ``+cluster.esp=0.5``
+fails there, naming the key. Value ranges (eps must be positive, K must divide the batch...) are
+checked right after, before anything is built.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
 
@@ -258,7 +263,7 @@ class PathsConfig:
 
 @dataclass
 class TrainConfig:
-    """Top-level schema of ``conf/train.yaml``.
+    """Top-level schema of ``conf/train.yaml`` (``gur_lightning.train``).
 
     Attributes:
         data: Data set and loaders.
@@ -277,8 +282,6 @@ class TrainConfig:
         seed: Global seed.
         ckpt_path: Checkpoint to resume from.
         tags: Free-form tags for the logger.
-        ckpt: ``gur_lightning.evaluate`` only: the checkpoint to evaluate.
-        features: ``gur_lightning.evaluate`` only: ``model``, ``untrained`` or ``raw_pixels``.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -295,17 +298,90 @@ class TrainConfig:
     seed: int = 1
     ckpt_path: str | None = None
     tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalRunConfig(TrainConfig):
+    """Top-level schema of ``conf/eval.yaml`` (``gur_lightning.evaluate``).
+
+    Attributes:
+        ckpt: The checkpoint to evaluate (``features=model``).
+        features: ``model``, ``untrained`` or ``raw_pixels``.
+    """
+
     ckpt: str | None = None
     features: str = "model"
 
 
+#: Keys only ``gur_lightning.evaluate`` knows, with what to use in training instead.
+EVALUATE_ONLY_KEYS: dict[str, str] = {
+    "ckpt": (
+        "use ckpt_path=PATH to resume training from a checkpoint, or "
+        "python -m gur_lightning.evaluate ckpt=PATH to evaluate one"
+    ),
+    "features": "evaluating features is python -m gur_lightning.evaluate features=...",
+}
+
+
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    store = ConfigStore.instance()
+    # A group, so that conf/eval.yaml can swap the schema of the train config it includes.
+    store.store(group="schema", name="train", node=TrainConfig, package="_global_")
+    store.store(group="schema", name="eval", node=EvalRunConfig, package="_global_")
 
 
 class ConfigError(ValueError):
-    """A composed configuration with a value out of its valid range."""
+    """A composed configuration with an unknown key or a value out of its valid range."""
+
+
+def evaluate_only_hint(key: str) -> str | None:
+    """What to use instead of an evaluation-only key given to training, None for other keys."""
+    return EVALUATE_ONLY_KEYS.get(key.lstrip("+~").split(".")[0])
+
+
+def check_schema(cfg: DictConfig, schema: type[TrainConfig] = TrainConfig) -> None:
+    """Check every key of a composed config against its schema, ``+key=value`` overrides included.
+
+    Hydra adds ``+key=value`` overrides with ``force_add``, which bypasses the struct mode of the
+    schema's nodes, so a misspelled ``+cluster.esp=0.5`` would otherwise be kept and ignored. The
+    config is merged onto a fresh copy of the schema, which rejects unknown keys and wrong types.
+    The free-form nodes (``trainer``, ``logger``) accept anything, as in the schema. The
+    ``hydra`` node (present with ``return_hydra_config``) is Hydra's own and is left out.
+
+    Args:
+        cfg: The composed configuration.
+        schema: :class:`TrainConfig` (training) or :class:`EvalRunConfig` (evaluation).
+
+    Raises:
+        ConfigError: Naming the first unknown key (with a hint for evaluation-only keys given
+            to training) or the key whose value has the wrong type.
+    """
+    # Plain containers: a typed node merged onto its own type would keep its added keys.
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), plain)
+    except ConfigKeyError as err:
+        key = _error_key(err)
+        hint = evaluate_only_hint(key) if schema is TrainConfig else None
+        advice = (
+            f"{key} is for gur_lightning.evaluate only; {hint}"
+            if hint
+            else "check its spelling against conf/ and the dataclasses of gur_lightning.config"
+        )
+        raise ConfigError(
+            f"unknown config key {key!r} (not in the {schema.__name__} schema): {advice}"
+        ) from err
+    except ValidationError as err:
+        raise ConfigError(f"config value {_error_key(err)} has the wrong type: {err.msg}") from err
+
+
+def _error_key(err: ConfigKeyError | ValidationError) -> str:
+    """The dotted key an OmegaConf error is about (its ``full_key``, else the child key)."""
+    key = err.full_key or (str(err.key) if err.key is not None else "")
+    return key or "<unknown>"
 
 
 def _check(condition: bool, key: str, value: Any, expected: str) -> None:
@@ -400,15 +476,21 @@ def _validate_replicas(cfg: DictConfig | TrainConfig) -> None:
     )
 
 
-def validate_config(cfg: DictConfig | TrainConfig) -> None:
-    """Check value ranges and cross-field constraints of a composed config.
+def validate_config(
+    cfg: DictConfig | TrainConfig, schema: type[TrainConfig] = TrainConfig
+) -> None:
+    """Check the keys, value ranges and cross-field constraints of a composed config.
 
     Args:
-        cfg: The composed training configuration.
+        cfg: The composed configuration.
+        schema: Its schema: :class:`TrainConfig` for training, :class:`EvalRunConfig` for
+            evaluation (keys added with ``+`` are checked against it).
 
     Raises:
-        ConfigError: Naming the first key whose value is out of range.
+        ConfigError: Naming the first unknown key, or the first key whose value is out of range.
     """
+    if isinstance(cfg, DictConfig):
+        check_schema(cfg, schema)
     d, c, m = cfg.data, cfg.cluster, cfg.model
     _check(d.name in DATASETS, "data.name", d.name, f"one of {DATASETS}")
     if d.name == "regdb":
@@ -495,9 +577,10 @@ def validate_config(cfg: DictConfig | TrainConfig) -> None:
         cfg.eval.min_trained_share,
         "a share of the phases in [0, 1] (0 disables the check)",
     )
+    schedule = OmegaConf.to_object(cfg.schedule) if isinstance(cfg, DictConfig) else cfg.schedule
+    if not isinstance(schedule, ScheduleConfig):
+        raise ConfigError(f"config node schedule is a {type(schedule).__name__}, not a schedule")
     try:
-        validate_schedule(
-            OmegaConf.to_object(cfg.schedule) if isinstance(cfg, DictConfig) else cfg.schedule
-        )
+        validate_schedule(schedule)
     except ScheduleError as err:
         raise ConfigError(str(err)) from err

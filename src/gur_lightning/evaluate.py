@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from gur_lightning.config import ConfigError, register_configs, validate_config
+from gur_lightning.config import ConfigError, EvalRunConfig, register_configs, validate_config
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import evaluate_splits, format_table, protocol_splits
 from gur_lightning.train import CONF_DIR, build_datamodule, build_module, model_featurizer
@@ -36,6 +36,7 @@ from gur_lightning.utils.checkpoints import (
     load_checkpoint,
 )
 from gur_lightning.utils.logging import get_logger
+from gur_lightning.utils.warnings import quiet_known_noise
 
 log = get_logger(__name__)
 
@@ -82,7 +83,7 @@ def load_checkpoint_weights(
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate one feature extractor with the data set's protocols; returns the flat metrics."""
-    validate_config(cfg)
+    validate_config(cfg, EvalRunConfig)
     if cfg.features not in FEATURES:
         raise ConfigError(
             f"config value features={cfg.features!r} is invalid: expected one of {FEATURES}"
@@ -118,6 +119,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    quiet_known_noise()
     evaluate(cfg)
 
 

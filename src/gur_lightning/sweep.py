@@ -44,13 +44,11 @@ def aggregate_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     runs = [json.loads(p.read_text()) for p in files]
     keys = sorted(set.intersection(*(set(r) for r in runs)))
     values = {k: np.array([float(r[k]) for r in runs]) for k in keys}
-    result = {
-        "jobs": [p.parent.name for p in files],
-        "mean": {k: float(v.mean()) for k, v in values.items()},
-        "std": {k: float(v.std()) for k, v in values.items()},
-    }
-    table_input = {k: v for k, v in result["mean"].items() if not k.endswith("_std")}
-    table_input.update({f"{k}_std": v for k, v in result["std"].items() if not k.endswith("_std")})
+    mean = {k: float(v.mean()) for k, v in values.items()}
+    std = {k: float(v.std()) for k, v in values.items()}
+    result = {"jobs": [p.parent.name for p in files], "mean": mean, "std": std}
+    table_input = {k: v for k, v in mean.items() if not k.endswith("_std")}
+    table_input.update({f"{k}_std": v for k, v in std.items() if not k.endswith("_std")})
     (sweep_dir / "aggregate.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     table = format_table(table_input)
     (sweep_dir / "aggregate.md").write_text(

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -41,7 +41,7 @@ from gur_lightning.callbacks.validation import (
     PeriodicValidation,
     TestSetSelection,
 )
-from gur_lightning.config import register_configs, validate_config
+from gur_lightning.config import evaluate_only_hint, register_configs, validate_config
 from gur_lightning.data.check import check_dataset
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import (
@@ -50,11 +50,12 @@ from gur_lightning.evaluation import (
     format_table,
     protocol_splits,
 )
-from gur_lightning.schedule import Phase, build_phases
+from gur_lightning.schedule import Phase, ScheduleConfig, build_phases
 from gur_lightning.utils.checkpoints import check_resume_checkpoint
 from gur_lightning.utils.loggers import (
     continue_csv_record,
     finish_loggers,
+    log_run_config,
     wandb_resume_kwargs,
 )
 from gur_lightning.utils.logging import get_logger
@@ -65,6 +66,7 @@ from gur_lightning.utils.run_status import (
     resume_command,
     update_status,
 )
+from gur_lightning.utils.warnings import quiet_known_noise
 
 log = get_logger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -91,10 +93,18 @@ class PhaseProgressBar(TQDMProgressBar):
         )
 
 
+def plain_dict(node: Any, *, resolve: bool = True) -> dict[str, Any]:
+    """A config mapping node as a plain dict (``OmegaConf.to_container`` typed for mappings)."""
+    out = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(out, dict):
+        raise TypeError(f"expected a mapping config node, got {type(out).__name__}")
+    return cast(dict[str, Any], out)
+
+
 def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
     """The DataModule from ``cfg.data`` (SynVI generated first when configured)."""
     d = cfg.data
-    synvi = OmegaConf.to_container(d.synvi, resolve=True) if d.synvi is not None else None
+    synvi = plain_dict(d.synvi) if d.synvi is not None else None
     return VIReIDDataModule(
         d.name,
         d.root,
@@ -110,7 +120,7 @@ def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
         eval_batch_size=d.eval_batch_size,
         shrink_batch=d.shrink_batch,
         min_identities=d.min_identities,
-        augment=OmegaConf.to_container(d.augment, resolve=True),
+        augment=plain_dict(d.augment),
         seed=cfg.seed,
         bn_replicas=cfg.model.bn_replicas,
     )
@@ -182,7 +192,7 @@ def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     ``_target_`` (``trainer=ddp``: a ``DDPStrategy`` with a ``datetime.timedelta`` timeout); it
     is instantiated here.
     """
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs = plain_dict(cfg.trainer)
     strategy = kwargs.get("strategy")
     if isinstance(strategy, dict) and "_target_" in strategy:
         kwargs["strategy"] = instantiate(_modern_ddp_kwargs(strategy))
@@ -280,14 +290,62 @@ def _guard_multirun_ddp(cfg: DictConfig) -> None:
         hydra_cfg = HydraConfig.get()
     except ValueError:  # not running under Hydra (tests calling train() directly)
         return
-    launcher = hydra_cfg.get("launcher") or {}
+    launcher = hydra_cfg.launcher or {}
     problem = multirun_ddp_problem(
-        OmegaConf.to_container(cfg.trainer, resolve=False) if cfg.trainer else {},
+        plain_dict(cfg.trainer, resolve=False) if cfg.trainer else {},
         mode=hydra_cfg.mode,
         launcher_target=str(launcher.get("_target_", "")),
     )
     if problem is not None:
         raise ValueError(problem)
+
+
+def fast_dev_run_steps(cfg: DictConfig) -> int:
+    """Steps per phase asked for by ``trainer.fast_dev_run`` (``true``: 1), 0 when it is off."""
+    value = (cfg.trainer or {}).get("fast_dev_run", False)
+    if isinstance(value, bool) or value is None:
+        return int(bool(value))
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"trainer.fast_dev_run={value!r} is invalid: expected true/false or a number of "
+            "steps per phase >= 0"
+        )
+    return value
+
+
+def fast_dev_run_config(cfg: DictConfig) -> DictConfig:
+    """What ``trainer.fast_dev_run`` means for a phase schedule: a quick check of the whole run.
+
+    Lightning's own ``fast_dev_run`` runs one epoch, but a GUR run is one Lightning epoch per
+    phase, so the flag is translated instead: the phases of the first GUR epoch only (see
+    :func:`fast_dev_run_phases`), ``fast_dev_run`` steps each (``true``: 1) after the real
+    clustering, no checkpoints, no logger, no validation or test-set selection, no pictures, and
+    an evaluation on the first gallery trial. ``metrics.json`` is still written.
+
+    Returns:
+        A copy of ``cfg`` with those settings (``cfg`` itself when the flag is off).
+    """
+    steps = fast_dev_run_steps(cfg)
+    if steps == 0:
+        return cfg
+    cfg = cfg.copy()
+    trainer = {k: v for k, v in cfg.trainer.items() if k != "fast_dev_run"}
+    trainer.update(limit_train_batches=steps, enable_checkpointing=False)
+    cfg.trainer = trainer
+    cfg.logger = None
+    cfg.eval.max_trials = 1
+    cfg.eval.val_every_n_epochs = 0
+    cfg.eval.select_on_test = False
+    log.info(
+        "fast_dev_run: the first GUR epoch's phases, %d step(s) each, no checkpoint or logger",
+        steps,
+    )
+    return cfg
+
+
+def fast_dev_run_phases(phases: list[Phase]) -> list[Phase]:
+    """The phases of the first GUR epoch (all of its stages, each clustered for real)."""
+    return [p for p in phases if p.gur_epoch == phases[0].gur_epoch] if phases else phases
 
 
 def launch_local_rank(environ: Mapping[str, str] | None = None) -> int:
@@ -380,8 +438,17 @@ def last_cluster_stats(history: list[dict[str, Any]]) -> dict[str, float]:
         for key, value in record.items():
             if key in ("phase", "gur_epoch", "stage", "label", "trainer_epoch", "skipped"):
                 continue
+            if isinstance(value, str):  # knn_backend: not a statistic
+                continue
             out[f"cluster/{record['stage']}/{key}"] = float(value)
     return out
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The whole resolved config as plain containers, for the loggers (``hydra`` left out)."""
+    config = plain_dict(cfg)
+    config.pop("hydra", None)
+    return config
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
@@ -561,6 +628,8 @@ def _train(
     """The body of :func:`train`."""
     validate_config(cfg)
     _guard_multirun_ddp(cfg)
+    dev_run = fast_dev_run_steps(cfg) > 0
+    cfg = fast_dev_run_config(cfg)
     # A resume file must be one of our checkpoints, loaded as data: refused before anything runs.
     check_resume_checkpoint(cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
@@ -572,33 +641,35 @@ def _train(
     dm.setup("fit")
     if cfg.data.check:
         # Every image of every split, before the first step (cached by the tree's listing).
-        check_dataset(dm.dataset)
+        check_dataset(dm.require_dataset())
     schedule = OmegaConf.to_object(cfg.schedule)
+    assert isinstance(schedule, ScheduleConfig)  # the schema's type of cfg.schedule
     phases = build_phases(schedule, dm.cameras("visible"), dm.cameras("infrared"))
     log.info(
         "%s: %d GUR epochs expanded into %d phases", schedule.name, schedule.epochs, len(phases)
     )
+    if dev_run:
+        phases = fast_dev_run_phases(phases)
     module = build_module(cfg)
     recluster = build_reclustering(cfg, phases)
     trainer_kwargs = build_trainer_kwargs(cfg)
     checkpoint_dir = output_dir / "checkpoints"
-    callbacks = [
-        *extra_callbacks,
-        stopper,
-        recluster,
+    callbacks: list[Callback] = [*extra_callbacks, stopper, recluster]
+    if not dev_run:
         # last.ckpt, overwritten at every epoch end, i.e. at every phase end after the next
         # phase is clustered: the points from which a resume is exact. (``save_last=True`` with
         # ``save_top_k=0`` would only write it when fit ends.)
-        ModelCheckpoint(
-            dirpath=str(checkpoint_dir),
-            filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-            save_top_k=1,
-            monitor=None,
-            every_n_epochs=1,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
-        ),
-    ]
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(checkpoint_dir),
+                filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                save_top_k=1,
+                monitor=None,
+                every_n_epochs=1,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
+        )
     strategy_cfg = cfg.trainer.get("strategy")
     start = strategy_cfg.get("start_method", "") if isinstance(strategy_cfg, DictConfig) else ""
     if "spawn" in str(start or strategy_cfg):
@@ -623,9 +694,11 @@ def _train(
             checkpoint_dir=str(checkpoint_dir),
         )
         callbacks.append(selection)
-    callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
+    if not dev_run:
+        callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
     logger, wandb_run_id = _build_logger(cfg)
     _record_start(cfg, output_dir, wandb_run_id)
+    log_run_config(logger, run_config(cfg))
     try:
         return _fit_and_test(
             cfg,
@@ -812,9 +885,54 @@ def _evaluate_selected_on_test(
     return out
 
 
+def available_experiments(conf_dir: str = CONF_DIR) -> list[str]:
+    """Names of the experiment presets (``conf/experiment/*.yaml``), sorted."""
+    return sorted(p.stem for p in (Path(conf_dir) / "experiment").glob("*.yaml"))
+
+
+def missing_experiment_problem(cfg: DictConfig) -> str | None:
+    """A one-line error when no experiment was chosen and the data set is unset, else None.
+
+    Without ``+experiment=`` the defaults describe SYSU-MM01 without a ``data.root``; instead of
+    the resulting missing-value traceback, the user is told which experiments exist.
+    """
+    if cfg.experiment != "none" or not OmegaConf.is_missing(cfg.data, "root"):
+        return None
+    choices = ", ".join(f"+experiment={name}" for name in available_experiments())
+    return (
+        f"no experiment chosen (and no data.root): add one of {choices} "
+        "(the real data sets also need data.root=PATH)"
+    )
+
+
+def evaluate_only_override_problem(overrides: Sequence[str]) -> str | None:
+    """A one-line error for an evaluation-only key (``ckpt=``) on the training command line.
+
+    Hydra would only say that the key is not in the config and suggest ``+ckpt=``; this names
+    what to use instead. Checked before Hydra composes (see :func:`cli`).
+    """
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        hint = evaluate_only_hint(key) if "=" in override else None
+        if hint is not None:
+            return f"{key.lstrip('+~')}= is not a training setting: {hint}"
+    return None
+
+
+def cli() -> None:
+    """Console entry point: refuses evaluation-only overrides, then runs :func:`main`."""
+    problem = evaluate_only_override_problem(sys.argv[1:])
+    if problem is not None:
+        raise SystemExit(f"error: {problem}")
+    main()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the validation mAP (else the first test mAP) for sweepers."""
+    quiet_known_noise()
+    if (problem := missing_experiment_problem(cfg)) is not None:
+        raise SystemExit(f"error: {problem}")
     os.environ.setdefault("WANDB_MODE", "offline")
     if launch_local_rank() != 0 or any(
         int(os.environ.get(key, "0")) != 0 for key in ("RANK", "SLURM_PROCID")
@@ -841,4 +959,4 @@ def main(cfg: DictConfig) -> float | None:
 register_configs()
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -76,7 +76,7 @@ def _write_tree(root: Path, num_images: int, seed: int) -> list[Sample]:
             coarse = (rng.random((*_COARSE, 3)) * 255).astype(np.uint8)
             if modality == "infrared":
                 coarse[..., 1:] = coarse[..., :1]
-            smooth = Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+            smooth = Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR)
             noisy = np.asarray(smooth, dtype=np.int16) + rng.integers(
                 -_NOISE, _NOISE + 1, (height, width, 1)
             )

@@ -35,6 +35,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -122,7 +123,7 @@ def _lightning_run(
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        precision=precision,
+        precision=cast(Any, precision),  # Lightning validates the string itself
         max_epochs=1,
         limit_train_batches=n_steps,
         logger=False,
@@ -149,12 +150,12 @@ def _plain_run(
     backbone = module.backbone
     backbone.train()
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
     mem = {
-        name: ClusterMemory(c, temperature=hp.temperature, momentum=hp.memory_momentum)
+        name: ClusterMemory(c, temperature=hp["temperature"], momentum=hp["memory_momentum"])
         for name, c in memories.items()
     }
-    fmt = torch.channels_last if hp.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if hp["channels_last"] else torch.contiguous_format
     vis, ir = batch["visible"], batch["infrared"]
     stamps = [_now()]
     for _ in range(n_steps):

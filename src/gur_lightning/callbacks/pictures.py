@@ -89,7 +89,8 @@ class ClusterQualityPictures(Callback):
             return self._history
         from gur_lightning.callbacks.recluster import Reclustering
 
-        for callback in trainer.callbacks:
+        # Set by Lightning's callback connector, not a declared attribute of Trainer.
+        for callback in getattr(trainer, "callbacks", []):
             if isinstance(callback, Reclustering):
                 return callback.history
         return None
@@ -168,7 +169,7 @@ class RankingPictures(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Extract the needed features (every rank), then rank and draw (rank 0)."""
-        self.draw(trainer, pl_module, trainer.datamodule)
+        self.draw(trainer, pl_module, getattr(trainer, "datamodule", None))
 
     def draw(
         self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: Any

@@ -30,17 +30,18 @@ run resumed from a phase-end checkpoint continues exactly as the uninterrupted r
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from gur_lightning.data.datamodule import LabelledSet, VIReIDDataModule
+from gur_lightning.data.datamodule import LabelledSet, VIReIDDataModule, fitted_datamodule
 from gur_lightning.data.samplers import NotEnoughClustersError
 from gur_lightning.data.samples import Sample
 from gur_lightning.schedule import Phase
@@ -51,6 +52,9 @@ from gur_lightning.utils.distributed import (
     get_world_size,
 )
 from gur_lightning.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from gur_lightning.models.module import GURLitModule
 
 log = get_logger(__name__)
 
@@ -70,6 +74,8 @@ class ClusteringResult:
         stats: Flat statistics to log (``cluster/<stage>/...``).
         error: A message when the clustering is unusable (the phase is then skipped).
         fatal: The error is not a clustering outcome but a failure (every rank raises).
+        knn_backend: The kNN engine of the Jaccard distances (``torch-cpu``, ``faiss-gpu``...;
+            empty when nothing was clustered, as with the oracle).
     """
 
     labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -78,6 +84,7 @@ class ClusteringResult:
     stats: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     fatal: bool = False
+    knn_backend: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,11 @@ class InstalledPhase:
     labels: dict[str, np.ndarray]
     memories: dict[str, torch.Tensor]
     routing: dict[str, str]
+
+
+def _gur(pl_module: L.LightningModule) -> GURLitModule:
+    """The module as the GURLitModule this callback drives (a static cast: tests use stand-ins)."""
+    return cast("GURLitModule", pl_module)
 
 
 class ResumeError(ValueError):
@@ -127,7 +139,8 @@ class Reclustering(Callback):
 
     Attributes:
         history: One record per clustering: ``phase``, ``trainer_epoch`` (the Lightning epoch
-            whose end, or fit start, ran it), ``stage``, ``skipped``, ``seconds`` and the stats.
+            whose end, or fit start, ran it), ``stage``, ``skipped``, ``seconds``,
+            ``knn_backend`` (the kNN engine that ran, e.g. ``torch-cpu``) and the stats.
         installed: What is installed for the current or next phase (None before fit).
 
     Hooks and ranks: ``setup`` checks the trainer; ``on_fit_start`` clusters phase 0 or
@@ -184,23 +197,27 @@ class Reclustering(Callback):
         self._restored: dict[str, Any] | None = None
         self._fingerprint: dict[str, Any] | None = None
         self._world_size = 1
+        # The kNN engine of the last Jaccard distance computed (rank 0).
+        self._knn_backend_used = ""
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail fast on trainer settings that would silently break the phase mapping."""
         if stage != "fit":
             return
-        if trainer.reload_dataloaders_every_n_epochs != 1:
+        # Set by Lightning's data connector, not a declared attribute of Trainer.
+        reload_every = getattr(trainer, "reload_dataloaders_every_n_epochs", None)
+        if reload_every != 1:
             raise ValueError(
                 "Reclustering needs trainer.reload_dataloaders_every_n_epochs=1 (one phase per "
-                f"epoch, new loaders each), got {trainer.reload_dataloaders_every_n_epochs}"
+                f"epoch, new loaders each), got {reload_every}"
             )
         if trainer.max_epochs != len(self.phases):
             raise ValueError(
                 f"trainer.max_epochs={trainer.max_epochs} but the schedule has "
                 f"{len(self.phases)} phases: they must be equal"
             )
-        if not isinstance(trainer.datamodule, VIReIDDataModule):
+        if not isinstance(getattr(trainer, "datamodule", None), VIReIDDataModule):
             raise TypeError("Reclustering needs the trainer to run with a VIReIDDataModule")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -210,7 +227,7 @@ class Reclustering(Callback):
             ResumeError: When resuming from a checkpoint of another experiment (schedule or
                 training data differ), one saved mid-phase, or one without this callback's state.
         """
-        dm: VIReIDDataModule = trainer.datamodule
+        dm = fitted_datamodule(trainer)
         self._fingerprint = self._make_fingerprint(dm)
         self._world_size = get_world_size()
         restored, self._restored = self._restored, None
@@ -235,7 +252,7 @@ class Reclustering(Callback):
                 f"{have}: the loop state and the Reclustering state disagree"
             )
         self._at_boundary = False
-        pl_module.gur_epoch = self.phases[epoch].gur_epoch
+        _gur(pl_module).gur_epoch = self.phases[epoch].gur_epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the trained memories the next stages need, then cluster for the next phase."""
@@ -314,7 +331,9 @@ class Reclustering(Callback):
         schedule = hashlib.sha256(repr(self.phases).encode()).hexdigest()[:16]
         return {"num_phases": len(self.phases), "schedule": schedule, "data": dm.fingerprint()}
 
-    def _check_fingerprint(self, state: dict[str, Any], ckpt: str | None) -> None:
+    def _check_fingerprint(
+        self, state: dict[str, Any], ckpt: str | os.PathLike[str] | None
+    ) -> None:
         """Refuse a checkpoint whose schedule or training data differ from this run's."""
         saved, current = state["fingerprint"], self._fingerprint
         assert current is not None
@@ -367,7 +386,7 @@ class Reclustering(Callback):
             routing=dict(inst["routing"]),
             error=None if inst["ok"] else "skipped in the interrupted run",
         )
-        samples = self._phase_samples(trainer.datamodule, phase)
+        samples = self._phase_samples(fitted_datamodule(trainer), phase)
         for m, labels in result.labels.items():
             if len(labels) != len(samples[m]):
                 raise ResumeError(
@@ -388,11 +407,13 @@ class Reclustering(Callback):
     # ------------------------------------------------------------- machinery
     def _snapshot_memories(self, phase: Phase, pl_module: L.LightningModule) -> None:
         current = {
-            k: v.detach().float().cpu().clone() for k, v in pl_module.memory_tensors().items()
+            k: v.detach().float().cpu().clone()
+            for k, v in _gur(pl_module).memory_tensors().items()
         }
         if "visible" not in current or "infrared" not in current:
             return  # oracle labels train one shared memory: no per-domain prototypes to keep
         if phase.stage == "intra_camera":
+            assert phase.visible_camera is not None and phase.infrared_camera is not None
             self._camera_memories[("visible", phase.visible_camera)] = current["visible"]
             self._camera_memories[("infrared", phase.infrared_camera)] = current["infrared"]
         elif phase.stage == "inter_camera":
@@ -410,8 +431,8 @@ class Reclustering(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, index: int, trigger_epoch: int
     ) -> None:
         phase = self.phases[index]
-        dm: VIReIDDataModule = trainer.datamodule
-        pl_module.gur_epoch = phase.gur_epoch
+        dm = fitted_datamodule(trainer)
+        _gur(pl_module).gur_epoch = phase.gur_epoch
         start = time.perf_counter()
         samples = self._phase_samples(dm, phase)
         features = {m: self._extract(trainer, pl_module, dm, s) for m, s in samples.items()}
@@ -419,7 +440,9 @@ class Reclustering(Callback):
         failure: BaseException | None = None
         if trainer.is_global_zero:
             try:
+                self._knn_backend_used = ""
                 result = self._cluster(phase, samples, features)
+                result.knn_backend = self._knn_backend_used
             except (ValueError, RuntimeError) as err:
                 # An unusable clustering (no cluster found...): every rank skips the phase.
                 result = ClusteringResult(error=f"{type(err).__name__}: {err}")
@@ -430,6 +453,7 @@ class Reclustering(Callback):
         result = trainer.strategy.broadcast(result, src=0)
         if failure is not None:
             raise failure
+        assert result is not None  # rank 0 always sets it
         if result.fatal:
             raise RemoteError(f"rank 0 failed to cluster phase {phase.index}: {result.error}")
         skipped = not self._install(trainer, pl_module, phase, samples, result)
@@ -444,6 +468,7 @@ class Reclustering(Callback):
             "trainer_epoch": trigger_epoch,
             "skipped": skipped,
             "seconds": seconds,
+            "knn_backend": result.knn_backend,
             **{f"memory_size/{k}": int(v.shape[0]) for k, v in result.memories.items()},
             **result.stats,
         }
@@ -475,7 +500,7 @@ class Reclustering(Callback):
         result: ClusteringResult,
     ) -> bool:
         """Install labels and memories for ``phase`` (or an empty phase); True unless skipped."""
-        dm: VIReIDDataModule = trainer.datamodule
+        dm = fitted_datamodule(trainer)
         ok = result.error is None
         if ok:
             try:
@@ -493,7 +518,7 @@ class Reclustering(Callback):
                 ok = False
         if ok:
             memories = {k: v.to(pl_module.device) for k, v in result.memories.items()}
-            pl_module.set_memories(memories, result.routing)
+            _gur(pl_module).set_memories(memories, result.routing)
         else:
             log.warning("phase %d (%s) skipped: %s", phase.index, phase.label, result.error)
             dm.skip_phase(phase.iterations)
@@ -521,9 +546,10 @@ class Reclustering(Callback):
         )
 
     def _cluster_labels(self, features: torch.Tensor, eps: float) -> np.ndarray:
-        from gur_lightning.clustering import dbscan_labels
+        from gur_lightning.clustering import JaccardTimings, dbscan_labels
 
-        return dbscan_labels(
+        timings = JaccardTimings()
+        labels = dbscan_labels(
             features,
             eps=eps,
             min_samples=self.min_samples,
@@ -531,7 +557,10 @@ class Reclustering(Callback):
             k2=self.k2,
             knn_backend=self.knn_backend,
             kernels=self.kernels,
+            timings=timings,
         )
+        self._knn_backend_used = timings.knn_backend
+        return labels
 
     def _statistics(
         self, labels: np.ndarray, samples: Sequence[Sample], prefix: str = ""
@@ -579,17 +608,19 @@ class Reclustering(Callback):
                 if phase.modality_cae and len(protos) == 2
                 else joint
             )
-            labels = self._cluster_labels(rep, eps)
-            self._require_clusters(labels, "joint")
+            joint_labels = self._cluster_labels(rep, eps)
+            self._require_clusters(joint_labels, "joint")
             n_vis = len(samples["visible"])
-            result.labels = {"visible": labels[:n_vis], "infrared": labels[n_vis:]}
-            result.memories = {"shared": cluster_centroids(joint, torch.as_tensor(labels))}
+            result.labels = {"visible": joint_labels[:n_vis], "infrared": joint_labels[n_vis:]}
+            result.memories = {"shared": cluster_centroids(joint, torch.as_tensor(joint_labels))}
             result.routing = {"visible": "shared", "infrared": "shared"}
-            result.stats = self._statistics(labels, all_samples)
+            result.stats = self._statistics(joint_labels, all_samples)
             for m in ("visible", "infrared"):
                 result.stats.update(self._statistics(result.labels[m], samples[m], f"{m}/"))
             modality = np.array([s.modality == "visible" for s in all_samples])
-            result.stats["cross_modal_cluster_fraction"] = _cross_modal_fraction(labels, modality)
+            result.stats["cross_modal_cluster_fraction"] = _cross_modal_fraction(
+                joint_labels, modality
+            )
             return result
 
         labels: dict[str, np.ndarray] = {}

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from gur_lightning.data.datamodule import fitted_datamodule
 from gur_lightning.evaluation import evaluate_splits, protocol_splits
 from gur_lightning.schedule import Phase
 from gur_lightning.utils.logging import get_logger
@@ -73,8 +74,8 @@ class PeriodicValidation(Callback):
         phase = self.phases[trainer.current_epoch]
         if not phase.last_of_epoch or (phase.gur_epoch + 1) % self.every_n_epochs:
             return
-        dm = trainer.datamodule
-        split = dm.dataset.validation_split()
+        dm = fitted_datamodule(trainer)
+        split = dm.require_dataset().validation_split()
         metrics = evaluate_splits(
             {"holdout": [split]}, self.featurize_factory(pl_module, dm), prefix="val"
         )
@@ -91,7 +92,9 @@ class PeriodicValidation(Callback):
         if current > self.best_map:
             self.best_map = current
             if self.checkpoint_dir is not None:
-                trainer.save_checkpoint(str(Path(self.checkpoint_dir) / "best_val.ckpt"))
+                trainer.save_checkpoint(
+                    str(Path(self.checkpoint_dir) / "best_val.ckpt"), weights_only=False
+                )
 
 
 #: File (in the run's checkpoint folder) holding the weights the test-set selection kept.
@@ -163,7 +166,7 @@ class TestSetSelection(Callback):
         phase = self.phases[trainer.current_epoch]
         if not phase.last_of_epoch or phase.gur_epoch < self.from_epoch:
             return
-        dm = trainer.datamodule
+        dm = fitted_datamodule(trainer)
         splits = protocol_splits(dm.dataset, max_trials=1)
         name = next(iter(splits))
         metrics = evaluate_splits(

@@ -336,7 +336,7 @@ def reciprocal_expansion_sets(
     in_e = np.full(n, -1, dtype=np.int64)
     row = np.empty(k1 + k1 * kh, dtype=np.int64)
     e_ptr = np.zeros(n + 1, dtype=np.int64)
-    e_idx = np.empty(max(1, a_ptr[n] * 2), dtype=np.int64)
+    e_idx = np.empty(max(1, int(a_ptr[n]) * 2), dtype=np.int64)
     for i in range(n):
         size = 0
         for p in range(a_ptr[i], a_ptr[i + 1]):

@@ -43,9 +43,9 @@ def as_feature_tensor(features: Any, name: str = "features") -> torch.Tensor:
             ) from exc
         if array.dtype == object:
             raise TypeError(f"{name} must be a numeric array, got dtype=object")
-        tensor = torch.from_numpy(np.ascontiguousarray(array)) if array.ndim else None
-        if tensor is None:
+        if not array.ndim:
             raise ValueError(f"{name} must be a 2-D (N, D) matrix, got a scalar")
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
     if tensor.device.type not in SUPPORTED_DEVICE_TYPES:
         raise ValueError(
             f"{name} is on device '{tensor.device}'; expected one of {SUPPORTED_DEVICE_TYPES}"

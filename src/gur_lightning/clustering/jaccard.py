@@ -78,6 +78,8 @@ class JaccardTimings:
         nnz_query_expanded: Non-zeros of ``V_qe``.
         contributions: Shared-column contributions summed (the cost driver of step 6).
         pairs_kept: Pairs ``i < j`` stored in the output.
+        knn_backend: The kNN engine that ran (``torch-cpu``, ``torch-cuda``, ``faiss-cpu`` or
+            ``faiss-gpu``; empty before the search).
     """
 
     knn: float = 0.0
@@ -90,6 +92,7 @@ class JaccardTimings:
     contributions: int = 0
     pairs_kept: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    knn_backend: str = ""
 
 
 def half_k(k1: int) -> int:
@@ -488,6 +491,7 @@ def jaccard_distance(
         kernels=kernels,
     )
     timings.knn = knn.seconds
+    timings.knn_backend = knn.backend
     timings.knn_rows_rescored = knn.rows_rescored
     timings.knn_rows_recomputed = knn.rows_recomputed
     t0 = time.perf_counter()

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
+import importlib.util
+import sys
 import threading
 import time
 import warnings
@@ -139,12 +142,31 @@ def ieee_float32_matmul() -> Iterator[None]:
 
 
 def faiss_available() -> bool:
-    """Return whether the optional ``faiss`` package can be imported."""
+    """Return whether the optional ``faiss`` package is installed, without importing it.
+
+    Importing faiss is slow and logs its loader's lines, so it is only imported when used.
+    """
+    if "faiss" in sys.modules:
+        return sys.modules["faiss"] is not None
     try:
-        import faiss  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("faiss") is not None
+    except (ImportError, ValueError):
         return False
-    return True
+
+
+def _faiss_may_have_gpus() -> bool:
+    """Whether faiss is already imported or installed as a GPU build (a cheap check).
+
+    Only then is it worth importing faiss to count its GPUs; a CPU-only faiss never makes
+    ``"auto"`` choose it.
+    """
+    if sys.modules.get("faiss") is not None:
+        return True
+    try:
+        dists = importlib.metadata.packages_distributions().get("faiss", [])
+    except Exception:  # broken metadata of an unrelated package: assume no GPU build
+        return False
+    return any("gpu" in name.lower() for name in dists)
 
 
 def _faiss_num_gpus() -> int:
@@ -179,8 +201,10 @@ def resolve_knn_backend(backend: str, run_device: torch.device) -> str:
     """Resolve ``"auto"`` and validate an explicit backend name.
 
     ``"auto"`` is the torch engine, except on a machine whose faiss has GPUs while the torch
-    features live on the CPU, where faiss-GPU is used. All engines give the same neighbour sets
-    (the near-tie guard runs on each), so the choice only affects speed.
+    features live on the CPU, where faiss-GPU is used (faiss is only imported to count its GPUs
+    when a GPU build is installed or it is already imported; ``"torch"`` never imports it). All
+    engines give the same neighbour sets (the near-tie guard runs on each), so the choice only
+    affects speed.
 
     Args:
         backend: ``"auto"``, ``"torch"`` or ``"faiss"``.
@@ -200,7 +224,7 @@ def resolve_knn_backend(backend: str, run_device: torch.device) -> str:
             "faiss-gpu), or use knn_backend='torch'"
         )
     if backend == "auto":
-        if run_device.type == "cpu" and faiss_available() and _faiss_num_gpus() > 0:
+        if run_device.type == "cpu" and _faiss_may_have_gpus() and _faiss_num_gpus() > 0:
             return "faiss"
         return "torch"
     return backend
@@ -499,6 +523,7 @@ class _ProposalProduct:
                 q_len[a:b] = torch.linalg.vector_norm(approx, dim=1).numpy()
             err = resid * length.max() + q_len * resid.max() + 4.0 * u32 * q_len * q_len.max()
             return 2.0 * err + rounding
+        assert self.proposal is not None  # a float proposal dtype here (int8 returned above)
         u = torch.finfo(self.proposal).eps / 2.0
         # inputs rounded (2u + u^2), float32 accumulation (D u32), output rounded (u).
         return 2.0 * scale * (3.0 * u + u * u + dim * u32) + rounding
@@ -513,6 +538,11 @@ def _torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def _is_turn(state: dict[str, int], index: int) -> bool:
+    """Whether the blocks before ``index`` have been scanned (the condition of a wait)."""
+    return state["scanned"] == index
 
 
 def _blocked_cpu_pool(
@@ -575,7 +605,7 @@ def _blocked_cpu_pool(
                 return
             g = multiply(i, buf)
             with turn:
-                turn.wait_for(lambda i=i: state["scanned"] == i)
+                turn.wait_for(functools.partial(_is_turn, state, i))
                 try:
                     scan(g, *pairs[i])
                 finally:

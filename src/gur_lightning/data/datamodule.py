@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
@@ -35,6 +35,9 @@ from gur_lightning.config import AugmentConfig, paired_visible_views
 from gur_lightning.data.samples import MODALITY_INDEX, Modality, Sample
 from gur_lightning.utils.distributed import get_rank, get_world_size
 from gur_lightning.utils.logging import get_logger
+
+if TYPE_CHECKING:
+    from gur_lightning.data.readers import VIReIDDataset
 
 log = get_logger(__name__)
 
@@ -94,7 +97,7 @@ class LabelledSet:
     def from_labels(cls, samples: Sequence[Sample], labels: np.ndarray) -> LabelledSet:
         """Keep the samples whose label is not an outlier (-1)."""
         keep = np.flatnonzero(np.asarray(labels) >= 0)
-        return cls(tuple(samples[i] for i in keep), tuple(int(labels[i]) for i in keep))
+        return cls(tuple(samples[int(i)] for i in keep), tuple(int(labels[i]) for i in keep))
 
 
 class VIReIDDataModule(L.LightningDataModule):
@@ -183,7 +186,7 @@ class VIReIDDataModule(L.LightningDataModule):
             )
         self._batch_sizes = {"visible": visible_batch_size, "infrared": infrared_batch_size}
         self.seed = seed
-        self.dataset = None
+        self.dataset: VIReIDDataset | None = None
         self._labelled: dict[Modality, LabelledSet] | None = None
         self._num_batches = 0
         self._phase_index = 0
@@ -253,15 +256,8 @@ class VIReIDDataModule(L.LightningDataModule):
         kwargs: dict = {}
         if self.name == "regdb":
             kwargs = {"trial": self.trial, "holdout_val": self.holdout_val}
-        self.dataset = load_dataset(self.name, self.root, **kwargs)
-        train = self.dataset.train
-        log.info(
-            "%s at %s: %d visible and %d infrared training images",
-            self.name,
-            self.root,
-            sum(s.modality == "visible" for s in train),
-            sum(s.modality == "infrared" for s in train),
-        )
+        # The reader logs the image counts of every split.
+        self.dataset = load_dataset(str(self.name), self.root, **kwargs)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the training data, saved in checkpoints to refuse a foreign resume.
@@ -285,7 +281,11 @@ class VIReIDDataModule(L.LightningDataModule):
             "digest": digest.hexdigest()[:16],
         }
 
-    def _require_setup(self):
+    def require_dataset(self) -> VIReIDDataset:
+        """The data set read by :meth:`setup` (raises when setup has not run)."""
+        return self._require_setup()
+
+    def _require_setup(self) -> VIReIDDataset:
         if self.dataset is None:
             raise RuntimeError("VIReIDDataModule.setup() must run before its data is used")
         return self.dataset
@@ -489,6 +489,8 @@ class VIReIDDataModule(L.LightningDataModule):
         from gur_lightning.data.image_datasets import PseudoLabelDataset
         from gur_lightning.data.transforms import build_train_transform
 
+        if self._labelled is None:
+            raise RuntimeError("VIReIDDataModule: no pseudo-labels set (see set_pseudo_labels)")
         labelled = self._labelled[modality]
         aug = {key: value for key, value in self.augment.items() if key != "adap_gray_p"}
         view = self.visible_layout(rank, max(1, get_world_size()))[2]
@@ -586,3 +588,12 @@ class VIReIDDataModule(L.LightningDataModule):
 def _seed_worker(worker_id: int) -> None:
     """Derive numpy's seed from torch's per-worker seed (torch seeds workers from the sampler)."""
     np.random.seed(torch.initial_seed() % 2**32)
+
+
+def fitted_datamodule(trainer: L.Trainer) -> VIReIDDataModule:
+    """``trainer.datamodule`` of a run fitted with a :class:`VIReIDDataModule`.
+
+    Lightning sets the attribute at fit time; it is not declared on ``Trainer``, hence the
+    ``getattr`` (the re-clustering callback refuses any other data module in its ``setup``).
+    """
+    return cast(VIReIDDataModule, getattr(trainer, "datamodule", None))

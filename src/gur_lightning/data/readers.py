@@ -23,7 +23,7 @@ import os
 import random
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from PIL import Image
@@ -478,17 +478,17 @@ class SYSUMM01Dataset(VIReIDDataset):
         for pid in sorted(set(train_ids) | set(self.val_ids) | set(self.test_ids)):
             key = f"{pid:04d}"  # the official code builds folder names with "%04d"
             for cam in SYSU_CAMERAS:
-                folder = camera_folders[cam].get(key)
-                if folder is None:
+                id_folder = camera_folders[cam].get(key)
+                if id_folder is None:
                     continue
-                names = _image_names(folder)
+                names = _image_names(id_folder)
                 if not names:
                     raise DatasetLayoutError(
-                        f"identity folder {folder!r} holds no images; {SYSU_LAYOUT}"
+                        f"identity folder {id_folder!r} holds no images; {SYSU_LAYOUT}"
                     )
                 modality: Modality = "infrared" if cam in SYSU_INFRARED_CAMERAS else "visible"
                 self._groups[(pid, cam)] = [
-                    Sample(os.path.join(folder, n), pid, cam, modality) for n in names
+                    Sample(os.path.join(id_folder, n), pid, cam, modality) for n in names
                 ]
         present = {pid for pid, _cam in self._groups}
         absent = sorted((set(train_ids) | set(self.val_ids) | set(self.test_ids)) - present)
@@ -877,7 +877,8 @@ class LLCMDataset(VIReIDDataset):
 
 
 #: Reader per registry name.
-DATASETS: dict[str, type[VIReIDDataset]] = {
+#: Reader class of each layout (their constructors take ``trial``/``holdout_val`` keywords).
+DATASETS: dict[str, Callable[..., VIReIDDataset]] = {
     "sysu": SYSUMM01Dataset,
     "regdb": RegDBDataset,
     "llcm": LLCMDataset,

@@ -252,6 +252,7 @@ def _rank_chunk(
     # Kept hits in row-major order: each query's hits are contiguous and in ranked order, so
     # the first / last hit of query i sit at ``first_h[i]`` / ``last_h[i]``.
     rows, cols = np.nonzero(hit)
+    hit_kept_pos: np.ndarray
     if keep is None:
         hit_kept_pos = cols
     else:

@@ -128,8 +128,10 @@ class NonLocalBlock(nn.Module):
             nn.Conv2d(inter, in_channels, kernel_size=1), nn.BatchNorm2d(in_channels)
         )
         # Zero-initialised output BN: identity block at init (Wang et al. §4.1).
-        nn.init.zeros_(self.W[1].weight)
-        nn.init.zeros_(self.W[1].bias)
+        out_bn = self.W[1]
+        assert isinstance(out_bn, nn.BatchNorm2d)
+        nn.init.zeros_(out_bn.weight)
+        nn.init.zeros_(out_bn.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block.
@@ -313,15 +315,17 @@ class DualStreamResNet(nn.Module):
         if pretrained is None:
             # The reference builds a separate ResNet per stem, so untrained stems start from
             # independent draws (torchvision's init rule for conv1).
-            nn.init.kaiming_normal_(
-                self.stems["infrared"].conv1.weight, mode="fan_out", nonlinearity="relu"
-            )
+            conv1 = self.stems["infrared"].get_submodule("conv1")
+            assert isinstance(conv1, nn.Conv2d)
+            nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
         layers: dict[str, nn.Module] = {
             name: getattr(net, name) for name in ("layer1", "layer2", "layer3", "layer4")
         }
         if non_local:
             for name, count in NON_LOCAL_LAYERS.items():
-                layers[name] = _with_non_local(layers[name], count, non_local_pairwise)
+                layer = layers[name]
+                assert isinstance(layer, nn.Sequential)  # torchvision's ResNet stages
+                layers[name] = _with_non_local(layer, count, non_local_pairwise)
         self.body = nn.Sequential(OrderedDict(layers))
         self.feature_dim: int = net.fc.in_features
         self.pool = GeM(gem_p)

@@ -183,9 +183,9 @@ class GURLitModule(L.LightningModule):
             try:
                 memory = ClusterMemory(
                     centroids.to(self.device),
-                    temperature=self.hparams.temperature,
-                    momentum=self.hparams.memory_momentum,
-                    update_mode=self.hparams.memory_update,
+                    temperature=self.hparams["temperature"],
+                    momentum=self.hparams["memory_momentum"],
+                    update_mode=self.hparams["memory_update"],
                 )
             except ValueError as exc:
                 raise ValueError(f"set_memories: memory {name!r}: {exc}") from exc
@@ -237,7 +237,7 @@ class GURLitModule(L.LightningModule):
     def lr_at(self, gur_epoch: int) -> float:
         """StepLR value at a GUR epoch: ``lr · gamma^(gur_epoch // step_size)`` (method.md §12)."""
         hp = self.hparams
-        return hp.lr * hp.lr_gamma ** (gur_epoch // hp.lr_step_size)
+        return float(hp["lr"] * hp["lr_gamma"] ** (gur_epoch // hp["lr_step_size"]))
 
     def _apply_lr_schedule(self) -> None:
         """Set every param group's lr from ``gur_epoch`` (derived, so a resume is exact)."""
@@ -258,7 +258,7 @@ class GURLitModule(L.LightningModule):
         """
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.Adam(
-            params, lr=self.lr_at(self.gur_epoch), weight_decay=self.hparams.weight_decay
+            params, lr=self.lr_at(self.gur_epoch), weight_decay=self.hparams["weight_decay"]
         )
 
     def on_train_epoch_start(self) -> None:
@@ -325,7 +325,9 @@ class GURLitModule(L.LightningModule):
 
     def _to_format(self, x: Tensor) -> Tensor:
         """Apply the channels-last option to an input batch."""
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+        return (
+            x.contiguous(memory_format=torch.channels_last) if self.hparams["channels_last"] else x
+        )
 
     def training_step(
         self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int
@@ -380,21 +382,21 @@ class GURLitModule(L.LightningModule):
             labels.get("visible"),
             logits.get("infrared"),
             labels.get("infrared"),
-            weight_visible=self.hparams.loss_weight_visible,
-            weight_infrared=self.hparams.loss_weight_infrared,
+            weight_visible=self.hparams["loss_weight_visible"],
+            weight_infrared=self.hparams["loss_weight_infrared"],
         )
         self._require_finite(loss, parts, batch_idx)
         # Visible before infrared: the explicit update order of a shared memory (§17.13).
-        for modality in images:
-            feat = feats[modality]
+        for stream in images:
+            feat = feats[stream]
             assert feat is not None
             self._pending.append(
-                (self._routing[modality], feat.detach().float(), labels[modality].detach())
+                (self._routing[stream], feat.detach().float(), labels[stream].detach())
             )
         n_images = sum(x.shape[0] for x in images.values())
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n_images)
-        for modality, value in parts.items():
-            self.log(f"train/loss_{modality}", value.detach(), batch_size=n_images)
+        for stream, value in parts.items():
+            self.log(f"train/loss_{stream}", value.detach(), batch_size=n_images)
         self.log("train/lr", self._current_lr(), batch_size=n_images)
         return loss
 

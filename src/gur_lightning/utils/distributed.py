@@ -241,7 +241,7 @@ def average_buffers(module: nn.Module) -> None:
     _sync_buffers(module, average)
 
 
-def _sync_buffers(module: nn.Module, collective: Callable[[Tensor], None]) -> None:
+def _sync_buffers(module: nn.Module, collective: Callable[[Tensor], object]) -> None:
     """Run ``collective`` in place on the module's buffers, flattened per dtype and device."""
     groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
     for buf in module.buffers():

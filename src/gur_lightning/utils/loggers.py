@@ -11,6 +11,8 @@
 
 :func:`log_images` sends PIL images to every logger that can show them (W&B, TensorBoard); the
 CSV logger cannot, and the PNG files in the run folder are the record then.
+:func:`log_run_config` records the whole resolved run config with every logger (nested for W&B,
+flat ``section.key`` names elsewhere, e.g. the CSV logger's ``hparams.yaml``).
 :func:`finish_loggers` flushes the loggers (metrics logged after ``fit``) and closes the W&B run;
 in a Hydra multirun it must run after every job, otherwise the next job's logger attaches to the
 still-open run (architecture.md §10 gotcha 11).
@@ -48,7 +50,9 @@ __all__ = [
     "build_wandb_logger",
     "continue_csv_record",
     "finish_loggers",
+    "flatten_config",
     "log_images",
+    "log_run_config",
     "rows_before_checkpoint",
     "wandb_resume_kwargs",
 ]
@@ -196,7 +200,51 @@ def log_images(
     return received
 
 
-def finish_loggers(loggers: Logger | Iterable[Logger] | None) -> None:
+def flatten_config(config: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """``{"cluster": {"eps": 0.6}}`` -> ``{"cluster.eps": 0.6}`` (lists and scalars are leaves).
+
+    An empty mapping stays a leaf (``{}``), so that ``trainer: {}`` is still recorded.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            for sub, leaf in flatten_config(value, sep).items():
+                flat[f"{key}{sep}{sub}"] = leaf
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def log_run_config(
+    loggers: Logger | Iterable[Logger] | None | bool, config: Mapping[str, Any]
+) -> list[str]:
+    """Record the whole resolved run config as every logger's hyper-parameters.
+
+    The module's own ``save_hyperparameters`` only covers its constructor arguments; this adds
+    the data set, the clustering, the schedule, the seed... W&B gets the nested dict (its config
+    panel groups by section); the others (CSV's ``hparams.yaml``, TensorBoard) flat
+    ``section.key`` names. Loggers merge it with the module's hyper-parameters.
+
+    Args:
+        loggers: A logger, a list of them, or None/False.
+        config: The resolved config as plain containers (``OmegaConf.to_container``).
+
+    Returns:
+        The class names of the loggers that received it.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    received: list[str] = []
+    for logger in _as_list(loggers):
+        if isinstance(logger, WandbLogger):
+            logger.log_hyperparams(dict(config))
+        else:
+            logger.log_hyperparams(flatten_config(config))
+        received.append(type(logger).__name__)
+    return received
+
+
+def finish_loggers(loggers: Logger | Iterable[Logger] | None | bool) -> None:
     """Flush every logger and close its W&B run, if any.
 
     Call it in a ``finally`` at the end of a job: metrics logged after ``fit`` (the test
@@ -305,7 +353,7 @@ def continue_csv_record(
     if not isinstance(logger, CSVLogger) or ckpt_path is None:
         return None
     target = Path(logger.log_dir) / METRICS_CSV
-    if rank_zero_only.rank == 0 and is_global_rank_zero():
+    if getattr(rank_zero_only, "rank", 0) == 0 and is_global_rank_zero():
         try:
             relative = target.resolve().relative_to(Path(output_dir).resolve())
         except ValueError:

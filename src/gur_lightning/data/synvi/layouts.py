@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gur_lightning.data.samples import Modality
+from gur_lightning.data.samples import MODALITIES, Modality
 from gur_lightning.data.synvi.config import LLCM_SPLIT, SYSU_SPLIT, SynVIConfig
 from gur_lightning.data.synvi.world import (
     LAYOUT_CODE,
@@ -246,7 +246,7 @@ def _regdb_plan(cfg: SynVIConfig, seed: int) -> Plan:
         splits[f"train_{trial}"] = sorted(order[:n_train])
         splits[f"test_{trial}"] = sorted(order[n_train:])
         for part in ("train", "test"):
-            for modality in ("visible", "infrared"):
+            for modality in MODALITIES:
                 lines = [
                     f"{path} {pid}"
                     for pid in splits[f"{part}_{trial}"]
