@@ -24,10 +24,10 @@ from gur_lightning.data.check import DataCheckError
 from gur_lightning.data.readers import DatasetLayoutError, DatasetPathMissingError, ImageReadError
 from gur_lightning.models import module as module_mod
 from gur_lightning.models.module import NonFiniteLossError
-from gur_lightning.train import CONF_DIR, build_datamodule, train
+from gur_lightning.train import build_datamodule, train
 from tests.helpers import smoke_config
 
-ROOT = Path(CONF_DIR).parent
+ROOT = Path(__file__).resolve().parents[1]
 #: One GUR epoch through the three stages: 4 intra-camera phases, stage 2, stage 3.
 SHORT = ("schedule.epochs=1", "eval.max_trials=1")
 

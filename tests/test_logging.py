@@ -53,7 +53,7 @@ from gur_lightning.visualize import (
     select_queries,
 )
 
-ROOT = Path(CONF_DIR).parent
+ROOT = Path(__file__).resolve().parents[1]
 #: Visible and infrared camera numbers of a SYSU-layout tree.
 CAMS = ([1, 2, 4, 5], [3, 6])
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gur_lightning.train import CONF_DIR, train
+from gur_lightning.train import train
 from tests.helpers import smoke_config
 
-ROOT = Path(CONF_DIR).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _smoke_cfg(tmp_path: Path, *overrides: str):

@@ -69,7 +69,8 @@ from gur_lightning.utils.run_status import (
 from gur_lightning.utils.warnings import quiet_known_noise
 
 log = get_logger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+#: The packaged Hydra configs (shipped in the wheel as package data).
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 #: Start methods of Lightning's in-process launcher (no re-execution of the script).
 _INPROCESS_START_METHODS: tuple[str, ...] = ("spawn", "fork", "forkserver")
 #: Environment variables that say the processes were created by an external launcher
