@@ -9,5 +9,5 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-# Two-core CI machines: oversubscribed threads slow tests tenfold (performance.md).
+# Two-core CI machines: oversubscribed threads slow tests tenfold (docs/performance.md).
 torch.set_num_threads(1)

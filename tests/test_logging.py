@@ -529,7 +529,7 @@ def test_csv_logger_receives_losses_lr_cluster_stats_val_and_test(smoke_csv):
     def values(key):
         return [float(r[key]) for r in rows if r.get(key)]
 
-    # One logged learning rate per step, the undecayed one of GUR epoch 0 (method.md §12).
+    # One logged learning rate per step, the undecayed one of GUR epoch 0 (docs/method.md §12).
     phases = json.loads((run / "clustering_history.json").read_text())
     steps = sum(p.iterations for p in build_phases(OmegaConf.to_object(cfg.schedule), *CAMS))
     assert values("train/lr") == pytest.approx([cfg.model.lr] * steps)

@@ -1,4 +1,4 @@
-"""The stage schedule against the reference's tables (method.md §10.1 and §11)."""
+"""The stage schedule against the reference's tables (docs/method.md §10.1 and §11)."""
 
 from __future__ import annotations
 

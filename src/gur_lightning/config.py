@@ -45,7 +45,7 @@ class SynVIConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training augmentations (method.md §4; Hydra key ``data.augment``).
+    """Training augmentations (docs/method.md §4; Hydra key ``data.augment``).
 
     The reference's values are tuned for 288 x 144 inputs: its 10-pixel pad shifts the person by
     up to 7 % of the width. Smaller inputs should scale the pad with the width (SynVI's 64 x 32:
@@ -119,7 +119,7 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    """Two-stream ResNet (method.md §3).
+    """Two-stream ResNet (docs/method.md §3).
 
     Attributes:
         depth: ResNet depth: 50 (real data, reference) or 18 (CPU default for SynVI).
@@ -139,7 +139,7 @@ class BackboneConfig:
 
 @dataclass
 class MemoryConfig:
-    """Cluster memories (method.md §6.1).
+    """Cluster memories (docs/method.md §6.1).
 
     Attributes:
         temperature: InfoNCE temperature tau (0.05).
@@ -183,7 +183,7 @@ class ModelConfig:
 
 @dataclass
 class ClusterConfig:
-    """Pseudo-labelling (method.md §7-9; Hydra group ``cluster``).
+    """Pseudo-labelling (docs/method.md §7-9; Hydra group ``cluster``).
 
     Attributes:
         eps: DBSCAN radius of the per-modality clustering of stage 2 (0.6 SYSU, 0.3 RegDB).
@@ -221,7 +221,7 @@ class EvalConfig:
         test_after_fit: Run the data set's full test protocol on the last-epoch weights.
         max_trials: Use only the first N gallery trials (None: all, as published tables).
         within_modality: Also report the within-modality diagnostic (visible -> visible and
-            infrared -> infrared on the test identities, Market-style; method.md §13.4).
+            infrared -> infrared on the test identities, Market-style; docs/method.md §13.4).
         select_on_test: Also report the figure the reference published: the test set scored
             after every GUR epoch from ``select_on_test_from_epoch`` on (first protocol, first
             gallery draw), the weights with the best mAP kept and evaluated with the full

@@ -7,7 +7,8 @@
 ``features`` chooses what is evaluated: ``model`` (a trained checkpoint, ``ckpt=`` required),
 ``untrained`` (the configured network at its initialisation, seeded) or ``raw_pixels`` (the
 eval-resized image flattened and L2-normalised: the floor of a benchmark). The protocols are those
-of method.md §13: SYSU-MM01 all- and indoor-search over ten gallery draws, RegDB both directions
+of docs/method.md §13: SYSU-MM01 all- and indoor-search over ten gallery draws, RegDB both
+directions
 for the configured trial, LLCM both directions over ten draws. The table (mean ± std) is logged
 and ``metrics.json`` is written in the run folder. No test-set model selection happens here: a
 checkpoint is evaluated as given.

@@ -1,4 +1,4 @@
-"""Run a data set's official evaluation protocols on any feature extractor (method.md §13).
+"""Run a data set's official evaluation protocols on any feature extractor (docs/method.md §13).
 
 Features are extracted once for the union of every query and gallery image the protocols need
 (SYSU-MM01's ten gallery draws share one query set), then each protocol and trial is scored from
@@ -136,7 +136,7 @@ def protocol_splits(
         dataset: A data set returned by :func:`gur_lightning.data.load_dataset`.
         max_trials: Keep only the first N trials of each protocol (None: all).
         within_modality: Add the diagnostic ``within_visible`` and ``within_infrared``
-            settings (method.md §13.4, logged only by the reference): every test image of a
+            settings (docs/method.md §13.4, logged only by the reference): every test image of a
             modality queries all the others, Market-style (same identity in the same camera
             removed; with a single camera only the query itself). They separate "the network
             does not tell people apart" from "it does, but not across the modality gap".

@@ -1,10 +1,11 @@
 """GUR's bottom-up stage schedule: every GUR epoch expanded into re-clustered training phases.
 
-GUR (ICCV 2023, "bottom-up domain learning"; method.md §10-11) re-clusters several times inside
+GUR (ICCV 2023, "bottom-up domain learning"; docs/method.md §10-11) re-clusters several times
+inside
 each epoch: per camera (stage 1, intra-camera), per modality on camera-level cross-memory
 association embeddings (stage 2, inter-camera, with cross-modality label unification from a set
 epoch), then jointly on modality-level embeddings (stage 3, inter-modality, until a set epoch).
-ADCA (method.md §14) is the special case with only per-modality clustering on raw features.
+ADCA (docs/method.md §14) is the special case with only per-modality clustering on raw features.
 
 The schedule is pure data: :func:`build_phases` turns a :class:`ScheduleConfig` and the camera
 numbers of a data set into the flat list of :class:`Phase` objects that the trainer walks, one
@@ -24,7 +25,7 @@ STAGES: tuple[StageName, ...] = ("intra_camera", "inter_camera", "inter_modality
 
 @dataclass
 class IntraCameraConfig:
-    """Stage 1, intra-camera ADC (method.md §10, stage 1).
+    """Stage 1, intra-camera ADC (docs/method.md §10, stage 1).
 
     Attributes:
         enabled: Run the stage (SYSU-MM01: yes; RegDB has one camera per modality: no).
@@ -32,7 +33,7 @@ class IntraCameraConfig:
         pairing: ``"nested"`` reproduces the reference's loop (every visible camera paired with
             every infrared camera, both re-clustered for each pair: 4 x 2 = 8 phases on SYSU);
             ``"cycle"`` pairs each camera once, cycling the shorter list (max(V, I) phases), the
-            cheaper variant the supplementary's wording suggests (method.md §17.6).
+            cheaper variant the supplementary's wording suggests (docs/method.md §17.6).
     """
 
     enabled: bool = True
@@ -42,7 +43,7 @@ class IntraCameraConfig:
 
 @dataclass
 class InterCameraConfig:
-    """Stage 2, inter-camera: per-modality clustering (method.md §10, stage 2).
+    """Stage 2, inter-camera: per-modality clustering (docs/method.md §10, stage 2).
 
     Attributes:
         enabled: Run the stage.
@@ -58,7 +59,7 @@ class InterCameraConfig:
 
 @dataclass
 class InterModalityConfig:
-    """Stage 3, inter-modality: joint clustering on modality-level CAE (method.md §10, stage 3).
+    """Stage 3, inter-modality: joint clustering on modality-level CAE (docs/method.md §10).
 
     Attributes:
         enabled: Run the stage at all.
@@ -76,7 +77,7 @@ class InterModalityConfig:
 
 @dataclass
 class CMLUConfig:
-    """Cross-modality label unification inside stage 2 (method.md §9).
+    """Cross-modality label unification inside stage 2 (docs/method.md §9).
 
     Attributes:
         enabled: Use CMLU at all (``method=adca`` and ``method=supervised`` switch it off).
@@ -130,7 +131,7 @@ class Phase:
         camera_cae: Stage 2: cluster camera-level CAE vectors instead of raw features.
         modality_cae: Stage 3: cluster modality-level CAE vectors instead of raw features.
         cmlu: Stage 2: propagate infrared labels to visible samples, which then train against
-            the infrared memory (method.md §9.3, §17.3).
+            the infrared memory (docs/method.md §9.3, §17.3).
         smooth: Stage 2: smooth the propagated labels over the visible kNN graph.
         last_of_epoch: The final phase of its GUR epoch (evaluation and LR hooks key on it).
     """
@@ -211,7 +212,7 @@ def validate_schedule(cfg: ScheduleConfig) -> None:
 def build_phases(
     cfg: ScheduleConfig, visible_cameras: Sequence[int], infrared_cameras: Sequence[int]
 ) -> list[Phase]:
-    """Expand a schedule into the flat list of phases (method.md §10.1, §11 tables).
+    """Expand a schedule into the flat list of phases (docs/method.md §10.1, §11 tables).
 
     Args:
         cfg: The schedule configuration.

@@ -1,11 +1,12 @@
 """Training entry point: ``python -m gur_lightning.train +experiment=NAME [overrides]``.
 
-The flow (architecture.md §11.3): compose and validate the config, seed, read the data set, expand
+The flow (docs/architecture.md §11.3): compose and validate the config, seed, read the data set,
+expand
 the stage schedule into phases (one Lightning epoch each), build the module, the callbacks and the
 trainer, fit, evaluate the last-epoch weights with the data set's official protocols, and write
 ``metrics.json`` beside the resolved ``config.yaml`` in the Hydra run folder.
 
-Multi-process training (architecture.md §10-11): ``trainer=ddp`` (GPUs, Lightning re-launches
+Multi-process training (docs/architecture.md §10-11): ``trainer=ddp`` (GPUs, Lightning re-launches
 this script once per extra device) and ``trainer=ddp_cpu`` (two CPU processes spawned by
 Lightning). ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a run at the phase where it
 stopped (see :mod:`gur_lightning.callbacks.recluster`).
@@ -177,7 +178,7 @@ def build_reclustering(cfg: DictConfig, phases: list[Phase]) -> Reclustering:
 
 
 def model_featurizer(module, dm: VIReIDDataModule):
-    """Test-time features: flip-averaged, re-normalised, Lanczos-resized (method.md §13.1)."""
+    """Test-time features: flip-averaged, re-normalised, Lanczos-resized (docs/method.md §13.1)."""
 
     def featurize(samples):
         loader = dm.eval_dataloader(samples, resample="lanczos")
@@ -249,7 +250,7 @@ def multirun_ddp_problem(
 
     Lightning's default DDP launcher re-executes ``sys.argv`` once per extra device. Under a
     Hydra multirun that command is the whole sweep, so every child starts the sweep again
-    (Lightning issue #11300, architecture.md §10.7). Safe: single runs, one device per job,
+    (Lightning issue #11300, docs/architecture.md §10.7). Safe: single runs, one device per job,
     in-process start methods (``spawn``/``fork``: ``trainer=ddp_cpu``), and processes created
     outside Lightning (torchrun, SLURM, Hydra's submitit launcher).
 
@@ -714,7 +715,8 @@ def _train(
         )
     finally:
         # Test metrics logged after fit reach metrics.csv only when the logger is saved again,
-        # and an unfinished W&B run would swallow the next multirun job (architecture.md §10.11).
+        # and an unfinished W&B run would swallow the next multirun job (docs/architecture.md
+        # §10.11).
         finish_loggers(logger or None)
 
 

@@ -3,10 +3,10 @@
 Two kinds of picture:
 
 * **Ranking lists**: for a few queries of a test protocol, the query image and its top-k gallery
-  images after the protocol's gallery removal rule (method.md §13.2-§13.3), each gallery image
+  images after the protocol's gallery removal rule (docs/method.md §13.2-§13.3), each gallery image
   framed green when it shows the query's identity and red otherwise.
 * **Pseudo-label quality curves**: ARI / NMI and the number of clusters of every clustering of a
-  stage against the phase index, read from ``Reclustering.history`` (method.md §10: one
+  stage against the phase index, read from ``Reclustering.history`` (docs/method.md §10: one
   clustering before every phase).
 
 PIL is a core dependency, so the pictures need nothing extra (matplotlib is not required). The
@@ -134,7 +134,7 @@ def protocol_family(protocol: str) -> str:
 
 
 def _kept(protocol: str, query: Sample, gallery: Sequence[Sample]) -> np.ndarray:
-    """(G,) bool: gallery items the protocol keeps for this query (method.md §13.2-§13.3)."""
+    """(G,) bool: gallery items the protocol keeps for this query (docs/method.md §13.2-§13.3)."""
     from gur_lightning.metrics.functional import (
         PROTOCOLS,
         SYSU_REMOVAL_GALLERY_CAM,
@@ -161,7 +161,7 @@ def rank_gallery(
     protocol: str,
     topk: int = 10,
 ) -> list[Ranking]:
-    """Rank the gallery for each query as the evaluation does (method.md §13.1-§13.3).
+    """Rank the gallery for each query as the evaluation does (docs/method.md §13.1-§13.3).
 
     Distances are ``-q·g`` of the L2-normalised test features, sorted stably (ties keep gallery
     order, as :func:`gur_lightning.metrics.functional.stable_argsort_rows`), and the protocol's
@@ -512,7 +512,7 @@ def line_chart(
 
 
 #: History keys of the per-stage statistics drawn, and their legend prefixes: joint clustering
-#: (stage 3), per modality, and the visible labels after CMLU (stage 2, method.md §9).
+#: (stage 3), per modality, and the visible labels after CMLU (stage 2, docs/method.md §9).
 _SCOPES: tuple[tuple[str, str], ...] = (
     ("", "joint"),
     ("visible/", "visible"),

@@ -1,6 +1,6 @@
 """Straightforward loop-by-loop port of the reference k-reciprocal Jaccard distance.
 
-Follows method.md §7.2 step by step, in the shape of cluster-contrast's
+Follows docs/method.md §7.2 step by step, in the shape of cluster-contrast's
 ``compute_jaccard_distance`` (dense N x N float32 matrices, Python loops, an inverted index), so
 that the fast sparse
 implementation can be checked against independent code. The only deliberate difference is the

@@ -40,7 +40,7 @@ def test_blocks_sum_to_one_for_any_number_of_cameras():
 def test_legacy_slicing_reproduces_the_reference_bug():
     # Cumulative sizes [2, 3, 5] used as sizes: blocks [0, 2), [2, 5), [5, 10) -> empty.
     assert legacy_block_bounds([2, 1, 2]) == [(0, 2), (2, 5), (5, 5)]
-    # Four cameras as in SYSU stage 2: the 4th block is usually empty (method.md §8.1).
+    # Four cameras as in SYSU stage 2: the 4th block is usually empty (docs/method.md §8.1).
     assert legacy_block_bounds([3, 4, 2, 5]) == [(0, 3), (3, 10), (10, 14), (14, 14)]
     g = torch.Generator().manual_seed(1)
     feats = torch.randn(4, 6, generator=g)

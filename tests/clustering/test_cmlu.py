@@ -53,7 +53,7 @@ def test_propagation_weights_by_exp_cosine_and_temperature():
 
 
 def test_propagation_toy_case_reproduces_infrared_labels():
-    # method.md §18.4.5: visible features = infrared features + noise.
+    # docs/method.md §18.4.5: visible features = infrared features + noise.
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(10, 64, generator=g)
     li = torch.arange(10).repeat_interleave(25)

@@ -52,7 +52,7 @@ def _with_duplicates(x: np.ndarray) -> np.ndarray:
 
 
 def _cae_like(n: int) -> np.ndarray:
-    # Concatenated probability vectors (CAE, method.md §8): not unit norm (§17.11).
+    # Concatenated probability vectors (CAE, docs/method.md §8): not unit norm (§17.11).
     rng = np.random.default_rng(5)
     logits = rng.standard_normal((n, 40)) * 3 + np.repeat(
         rng.standard_normal((n // 20, 40)), 20, 0
@@ -240,7 +240,7 @@ def test_compiled_accumulation_equals_a_plain_pair_loop(max_distance, chunk_rows
 @pytest.mark.parametrize("kernels", KERNEL_CHOICES)
 @pytest.mark.parametrize("k1", [4, 20, 30])
 def test_reciprocal_expansion_equals_the_set_definitions(k1, kernels):
-    """A, H and E against method.md §7.2 steps 2-3 written as Python set loops."""
+    """A, H and E against docs/method.md §7.2 steps 2-3 written as Python set loops."""
     x = _with_duplicates(_clustered(160, 12, per=12, seed=k1))
     knn = exact_knn(x, k1).indices
     kh = min(half_k(k1) + 1, k1)

@@ -61,7 +61,7 @@ def sysu_root(tmp_path: Path) -> Path:
 
 
 def _official_sysu_query(root: Path, ids: list[int]) -> list[str]:
-    """The official process_query_sysu loop (method.md §13.2), written out plainly."""
+    """The official process_query_sysu loop (docs/method.md §13.2), written out plainly."""
     files = []
     for pid in sorted(f"{i:04d}" for i in ids):
         for cam in ["cam3", "cam6"]:

@@ -1,4 +1,4 @@
-"""Channel augmentations and the train / eval pipelines (method.md §4)."""
+"""Channel augmentations and the train / eval pipelines (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The within-modality diagnostic (method.md §13.4) against hand-computed rankings."""
+"""The within-modality diagnostic (docs/method.md §13.4) against hand-computed rankings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DualStreamResNet: stems, shared body, GeM, BN-neck, pretrained loading (method.md §3)."""
+"""DualStreamResNet: stems, shared body, GeM, BN-neck, pretrained loading (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ClusterMemory: storage, logits and the official momentum rule (method.md §6.1, §18.4.3)."""
+"""ClusterMemory: storage, logits and the official momentum rule (docs/method.md §6.1, §18.4.3)."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_mean_update_depends_on_the_order_within_a_class():
 
 
 def test_row_after_one_step_is_close_to_the_last_sample():
-    # method.md §18.4.3: with m = 0.1 the row is dominated by the class's last sample.
+    # docs/method.md §18.4.3: with m = 0.1 the row is dominated by the class's last sample.
     torch.manual_seed(4)
     d = 64
     mem = ClusterMemory(torch.randn(3, d), momentum=0.1)

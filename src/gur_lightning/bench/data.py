@@ -89,7 +89,7 @@ def _write_tree(root: Path, num_images: int, seed: int) -> list[Sample]:
 
 
 def _v1_visible_view1(height: int, width: int) -> Callable[[Image.Image], torch.Tensor]:
-    """RGB view 1 as the reference writes it: torchvision v1 on PIL images (method.md §4)."""
+    """RGB view 1 as the reference writes it: torchvision v1 on PIL images (docs/method.md §4)."""
     return tv1.Compose(
         [
             tv1.Resize((height, width), interpolation=tv1.InterpolationMode.BICUBIC),

@@ -1,7 +1,7 @@
 """Benchmark: vectorised ranking metrics vs a straightforward per-query loop.
 
 The loop below ports the reference algorithm (the official ``eval_sysu`` / ``eval_regdb``,
-method.md §13.2/§13.3) one query at a time, with a stable sort so that both sides rank ties
+docs/method.md §13.2/§13.3) one query at a time, with a stable sort so that both sides rank ties
 identically. The SYSU case uses a 3,803 x 3,010 matrix (all SYSU queries against the ten
 single-shot trial galleries stacked), the RegDB case 2,060 x 2,060. Distances come from
 synthetic identity-clustered features, so the rankings are neither trivial nor random.
@@ -48,7 +48,7 @@ def reference_loop(
     dedup_cmc: bool,
     max_rank: int = DEFAULT_MAX_RANK,
 ) -> dict[str, Any]:
-    """Per-query port of the official evaluation loop (method.md §13.2/§13.3).
+    """Per-query port of the official evaluation loop (docs/method.md §13.2/§13.3).
 
     Args:
         distmat: (Q, G) distances.

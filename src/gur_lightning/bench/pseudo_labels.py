@@ -3,7 +3,7 @@
 Times :func:`gur_lightning.clustering.dbscan_labels` (exact kNN, sparse k-reciprocal Jaccard,
 DBSCAN on a radius graph) on synthetic clustered unit vectors, against a *baseline*: a plain
 loop-by-loop port of the reference ``compute_jaccard_distance`` + dense scikit-learn DBSCAN
-(method.md §7.2-7.3), written out below. Prints one JSON line with ``n, dim, seconds,
+(docs/method.md §7.2-7.3), written out below. Prints one JSON line with ``n, dim, seconds,
 baseline_seconds, speedup, knn_seconds, peak_rss_mb, identical`` and details.
 
 The fast path runs in a fresh subprocess so that its peak RSS (``ru_maxrss``, which includes the
@@ -41,7 +41,7 @@ DEFAULT_ARGS: list[list[str]] = [
     ["--n", "34167", "--skip-baseline", "--threads", "1"],
     ["--n", "34167", "--skip-baseline", "--threads", "2"],
 ]
-"""Thread counts are explicit (performance.md, technique 9): on a shared 2-core machine two
+"""Thread counts are explicit (docs/performance.md, technique 9): on a shared 2-core machine two
 OpenMP threads can lose to one, so the SYSU-size run is timed both ways. The second run shows
 what the numba kernels are worth (the numpy paths give the same labels)."""
 

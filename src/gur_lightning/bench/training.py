@@ -1,7 +1,7 @@
 """Training throughput: ``GURLitModule`` under ``Trainer.fit`` against a plain PyTorch loop.
 
 Both paths train the same model on the same pre-built batch (two visible views plus an infrared
-batch, method.md §6.2) with the same maths: forward through both stems and the shared body,
+batch, docs/method.md §6.2) with the same maths: forward through both stems and the shared body,
 InfoNCE against two cluster memories, Adam step, memory momentum update. The difference is the
 framework overhead (hooks, logging, precision plugin, loop bookkeeping), which must stay
 at most 5 %.

@@ -58,7 +58,7 @@ def _file_name(key: str) -> str:
 
 
 class ClusterQualityPictures(Callback):
-    """Pseudo-label quality curves across phases (method.md §10), redrawn as training goes.
+    """Pseudo-label quality curves across phases (docs/method.md §10), redrawn as training goes.
 
     Args:
         output_dir: Folder receiving the PNGs (``<run>/pictures``).
@@ -128,7 +128,7 @@ class ClusterQualityPictures(Callback):
 
 
 class RankingPictures(Callback):
-    """Ranking lists of a few test queries after fit (method.md §13).
+    """Ranking lists of a few test queries after fit (docs/method.md §13).
 
     For each protocol of the data set (its first gallery trial), ``num_queries`` queries
     spread over the identities (:func:`gur_lightning.visualize.select_queries`) are ranked

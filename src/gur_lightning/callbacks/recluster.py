@@ -1,21 +1,22 @@
 """The re-clustering callback: decides *when* to pseudo-label and orchestrates it.
 
-GUR re-clusters before every phase of every epoch (method.md §10): per camera in stage 1, per
+GUR re-clusters before every phase of every epoch (docs/method.md §10): per camera in stage 1, per
 modality on camera-level CAE vectors in stage 2 (plus CMLU from its start epoch), jointly on
 modality-level CAE vectors in stage 3. This callback holds no algorithm: the maths lives in
 :mod:`gur_lightning.clustering`, the memories in the LightningModule, the loaders in the
 DataModule. It runs the clustering for phase ``p`` before Lightning builds phase ``p``'s train
 loader: in ``on_fit_start`` for the first phase (fresh start or resume) and in
 ``on_train_epoch_end`` of phase ``p - 1`` for the others (Lightning requests the train loader at
-the start of each epoch, after the previous epoch-end hooks; architecture.md §10.1).
+the start of each epoch, after the previous epoch-end hooks; docs/architecture.md §10.1).
 
 Under DDP every rank extracts features for its shard, rank 0 clusters, and the labels and
-centroids are broadcast, so every rank installs bit-identical memories (architecture.md §11.5).
+centroids are broadcast, so every rank installs bit-identical memories (docs/architecture.md
+§11.5).
 A clustering that fails on rank 0 is broadcast as an error: a usable-clustering failure skips
 the phase on every rank, anything else is raised on every rank (no rank waits for a broadcast
 that never comes).
 
-Resume (method.md §18.2: one Lightning epoch per phase, checkpoints at phase ends). The
+Resume (docs/method.md §18.2: one Lightning epoch per phase, checkpoints at phase ends). The
 callback's ``state_dict`` holds what the next phases need and cannot recompute: the clustering
 history, the trained per-camera memories of stage 1 and per-modality memories of stage 2 (the
 CAE prototypes of stages 2 and 3), and the labels and initial memories installed for the next
@@ -538,7 +539,7 @@ class Reclustering(Callback):
         dm: VIReIDDataModule,
         samples: Sequence[Sample],
     ) -> torch.Tensor:
-        """Clustering features ``e`` (method.md §7.1) of ``samples``: (N, D) float32 on CPU."""
+        """Clustering features ``e`` of ``samples`` (docs/method.md §7.1): (N, D) fp32 on CPU."""
         from gur_lightning.evaluation import extract_features
 
         return extract_features(
@@ -576,7 +577,7 @@ class Reclustering(Callback):
         samples: dict[str, list[Sample]],
         features: dict[str, torch.Tensor],
     ) -> ClusteringResult:
-        """Rank-0 pseudo-labelling of one phase (method.md §10 stages 1-3, §8, §9)."""
+        """Rank-0 pseudo-labelling of one phase (docs/method.md §10 stages 1-3, §8, §9)."""
         from gur_lightning.clustering import (
             cae_embedding,
             cluster_centroids,

@@ -1,8 +1,9 @@
 """Pseudo-label engine: exact k-reciprocal Jaccard at scale, DBSCAN, CAE, CMLU, stats.
 
-Pure functions of tensors / arrays, unit-testable without Lightning (architecture.md §11.4):
+Pure functions of tensors / arrays, unit-testable without Lightning (docs/architecture.md §11.4):
 
-* :func:`jaccard_distance`, :func:`dbscan_labels`: method.md §7.2-7.3, equal to the reference's
+* :func:`jaccard_distance`, :func:`dbscan_labels`: docs/method.md §7.2-7.3, equal to the
+reference's
   dense computation, in memory that grows with N·k (:func:`exact_knn` is the kNN underneath:
   torch on CPU or GPU, or faiss when installed).
 * :func:`cae_embedding`: cross-memory association embeddings (§8).

@@ -3,14 +3,14 @@
 * kNN block scan (:func:`seed_rows`, :func:`scan_block`). The CPU kNN
   (:mod:`gur_lightning.clustering.knn`) multiplies blocks of the symmetric Gram matrix and
   keeps, per row, the best ``depth`` candidates by float32 key ``2 x_i.x_j - |x_j|^2``
-  (performance.md, techniques 1-2). In numpy the upkeep of that pool costs a third of the kNN
+  (docs/performance.md, techniques 1-2). In numpy the upkeep of that pool costs a third of the kNN
   at N = 10,000: four full passes over every block to find the candidates that beat a row's or
   a column's threshold, then sorting the survivors into the pool in batches. Here each block is
   read once and each survivor is inserted into its row's sorted pool, thresholds always
   current. The pools equal the numpy scan's exactly: the same float32 keys (``2 g`` is exact,
   then one rounded subtraction), the same strict comparison against a row's last key, and on
   equal keys the entry already in the pool (or, when seeding, the lower column) first.
-* k-reciprocal sets and their expansion (:func:`reciprocal_expansion_sets`, method.md §7.2
+* k-reciprocal sets and their expansion (:func:`reciprocal_expansion_sets`, docs/method.md §7.2
   steps 2-3), row by row instead of by sparse matrix algebra: the same sets.
 * Jaccard accumulation on shared support (:func:`shared_support_rows`, step 6) into a dense
   scratch row, in the numpy path's order of additions: bit for bit the same sums.
@@ -187,7 +187,7 @@ def shared_support_rows(
     acc: np.ndarray,
     seen: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:  # pragma: no cover - compiled
-    """Jaccard distances of rows ``rows`` to their later partners (method.md §7.2, step 6).
+    """Jaccard distances of rows ``rows`` to their later partners (docs/method.md §7.2, step 6).
 
     For row ``i`` and each of its entries ``(i, c)`` in ascending column order, every later row
     ``j > i`` of column ``c`` adds ``min(V[i, c], V[j, c])`` to ``S(i, j)``: the same additions
@@ -306,7 +306,7 @@ def _reciprocal_lists(
 def reciprocal_expansion_sets(
     knn: np.ndarray, k1: int, kh: int
 ) -> tuple[np.ndarray, ...]:  # pragma: no cover - compiled
-    """Steps 2-3 of method.md §7.2: sets ``A_i = R(i, k1)``, ``H_i = R(i, kh)`` and ``E_i``.
+    """Steps 2-3 of docs/method.md §7.2: sets ``A_i = R(i, k1)``, ``H_i = R(i, kh)`` and ``E_i``.
 
     ``E_i`` is ``A_i`` joined with every ``H_c`` (``c`` in ``A_i``) that shares more than two
     thirds of its members with ``A_i``, tested in integers: ``3 |H_c ∩ A_i| > 2 |H_c|``.

@@ -21,7 +21,7 @@ def as_feature_tensor(features: Any, name: str = "features") -> torch.Tensor:
 
     Args:
         features: (N, D) torch tensor or numpy array of real numbers. Integer and float64 input
-            is cast to float32 (the reference feeds float32 to faiss, method.md §7.2).
+            is cast to float32 (the reference feeds float32 to faiss, docs/method.md §7.2).
         name: Argument name used in error messages.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Cross-memory association embedding, CAE (method.md §8).
+"""Cross-memory association embedding, CAE (docs/method.md §8).
 
 Every image is described by how it relates to each domain's memory: with ``u = norm(e)`` and
 memories ``M^(1..D)`` (one per camera, §8.1, or per modality, §8.2),
@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from gur_lightning.clustering._validation import as_feature_tensor
 
 DEFAULT_CAE_TEMPERATURE = 0.05
-"""Softmax temperature τ of the CAE blocks (method.md §8: the code multiplies by 20)."""
+"""Softmax temperature τ of the CAE blocks (docs/method.md §8: the code multiplies by 20)."""
 
 
 def legacy_block_bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
-    """Column ranges of the reference's buggy camera-CAE slicing (method.md §8.1, §17.1).
+    """Column ranges of the reference's buggy camera-CAE slicing (docs/method.md §8.1, §17.1).
 
     The reference stores cumulative sizes ``[n0, n0+n1, ...]`` and slices as if they were
     individual sizes: block ``d`` starts where block ``d-1`` ended and spans the *cumulative*
@@ -51,7 +51,7 @@ def cae_embedding(
     temperature: float = DEFAULT_CAE_TEMPERATURE,
     legacy_slicing: bool = False,
 ) -> torch.Tensor:
-    """CAE vectors of ``features`` against per-domain prototype memories (method.md §8).
+    """CAE vectors of ``features`` against per-domain prototype memories (docs/method.md §8).
 
     Args:
         features: (N, D) extracted features ``e``; L2-normalised here (``u = norm(e)``).

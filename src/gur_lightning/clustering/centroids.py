@@ -1,4 +1,4 @@
-"""Cluster memories from pseudo-labels (method.md §7.4).
+"""Cluster memories from pseudo-labels (docs/method.md §7.4).
 
 After every clustering the reference re-creates each memory from scratch: the mean of the
 members' original extracted features ``e`` per non-outlier cluster, in ascending label order,
@@ -42,7 +42,7 @@ def relabel_contiguous(labels: LabelsT) -> tuple[LabelsT, int]:
 
 
 def cluster_centroids(features: Any, labels: Any) -> torch.Tensor:
-    """L2-normalised mean feature of each cluster ``0..K-1`` (method.md §7.4).
+    """L2-normalised mean feature of each cluster ``0..K-1`` (docs/method.md §7.4).
 
     Args:
         features: (N, D) features ``e`` (torch or numpy; the original extracted features even

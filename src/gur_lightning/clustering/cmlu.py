@@ -1,4 +1,4 @@
-"""Cross-modality label unification, CMLU (method.md §9), as the reference code implements it.
+"""Cross-modality label unification, CMLU (docs/method.md §9), as the reference code implements it.
 
 * :func:`propagate_labels` (§9.1): visible samples take the infrared cluster ids of their
   heterogeneous neighbourhood. ``W = softmax_row(cos(X_r, X_i) / T)`` with ``T = 1``, keep the top
@@ -27,9 +27,9 @@ from gur_lightning.clustering._validation import (
 )
 
 DEFAULT_CMLU_TOPK = 20
-"""Top-k of both CMLU steps on SYSU-MM01 (10 on RegDB; method.md §9, §18.3 ``cmlu_topk``)."""
+"""Top-k of both CMLU steps on SYSU-MM01 (10 on RegDB; docs/method.md §9, §18.3 ``cmlu_topk``)."""
 DEFAULT_PROPAGATION_TEMPERATURE = 1.0
-"""Softmax temperature of the heterogeneous affinity (method.md §9.1: none, i.e. 1)."""
+"""Softmax temperature of the heterogeneous affinity (docs/method.md §9.1: none, i.e. 1)."""
 CHUNK_ELEMENTS = 1 << 25
 """Largest (rows x columns) similarity chunk: 128 MB of float32."""
 
@@ -61,7 +61,7 @@ def propagate_labels(
     temperature: float = DEFAULT_PROPAGATION_TEMPERATURE,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Heterogeneous-affinity label propagation, infrared to visible (method.md §9.1).
+    """Heterogeneous-affinity label propagation, infrared to visible (docs/method.md §9.1).
 
     Args:
         feat_visible: (N_r, D) visible features ``e`` (raw, not CAE; normalised here).
@@ -152,7 +152,7 @@ def cmlu(
     temperature: float = DEFAULT_PROPAGATION_TEMPERATURE,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Cross-modality label unification (method.md §9): propagation, then optional smoothing.
+    """Cross-modality label unification (docs/method.md §9): propagation, then optional smoothing.
 
     Args:
         feat_visible: (N_r, D) visible features ``e``.

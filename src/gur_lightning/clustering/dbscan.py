@@ -1,8 +1,9 @@
-"""DBSCAN on the k-reciprocal Jaccard distance through a sparse radius graph (method.md §7.3).
+"""DBSCAN on the k-reciprocal Jaccard distance through a sparse radius graph (docs/method.md §7.3).
 
 The reference runs ``sklearn.cluster.DBSCAN(eps, min_samples=4, metric="precomputed")`` on the
 dense N x N matrix. DBSCAN only needs each point's neighbours within ``eps``, so the labels are
-computed here from the sparse graph of the pairs with ``d <= eps`` (performance.md, technique 8),
+computed here from the sparse graph of the pairs with ``d <= eps`` (docs/performance.md, technique
+8),
 with scikit-learn's exact semantics:
 
 * ``j`` is a neighbour of ``i`` iff ``d(i, j) <= eps``, the point itself included only if its own
@@ -40,7 +41,7 @@ from gur_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 DEFAULT_MIN_SAMPLES = 4
-"""DBSCAN ``min_samples`` (method.md §7.3; counts the point itself)."""
+"""DBSCAN ``min_samples`` (docs/method.md §7.3; counts the point itself)."""
 
 
 def dbscan_on_graph(
@@ -106,7 +107,7 @@ def dbscan_labels(
     timings: JaccardTimings | None = None,
     **knn_kwargs: Any,
 ) -> np.ndarray:
-    """Pseudo-labels: DBSCAN on the k-reciprocal Jaccard distance (method.md §7.2-7.3).
+    """Pseudo-labels: DBSCAN on the k-reciprocal Jaccard distance (docs/method.md §7.2-7.3).
 
     Identical to ``sklearn.cluster.DBSCAN(eps, min_samples=min_samples,
     metric="precomputed").fit_predict(jaccard_distance(features, k1, k2))``, computed through
@@ -115,7 +116,7 @@ def dbscan_labels(
     Args:
         features: (N, D) torch tensor or numpy array (see
             :func:`~gur_lightning.clustering.jaccard.jaccard_distance`).
-        eps: DBSCAN radius in (0, 1) (0.6 / 0.55 / 0.3 in the reference, method.md §7.3).
+        eps: DBSCAN radius in (0, 1) (0.6 / 0.55 / 0.3 in the reference, docs/method.md §7.3).
         min_samples: Neighbours (self included) that make a core point.
         k1: k-reciprocal neighbourhood size.
         k2: Query-expansion size.

@@ -1,8 +1,8 @@
-"""k-reciprocal Jaccard distance (method.md §7.2), exact, in memory that grows with N·k.
+"""k-reciprocal Jaccard distance (docs/method.md §7.2), exact, in memory that grows with N·k.
 
 The reference (``compute_jaccard_distance`` in cluster-contrast's ``faiss_rerank.py``) builds three
 dense N x N float32 matrices in Python loops. This module computes the same distances with sparse
-matrix algebra (performance.md, techniques 5-7):
+matrix algebra (docs/performance.md, techniques 5-7):
 
 1. kNN lists incl. the point itself (:func:`~gur_lightning.clustering.knn.exact_knn`).
 2. k-reciprocal sets ``A = K ∘ K^T`` at k1 and ``H`` at ``round(k1/2)`` (first
@@ -52,9 +52,9 @@ from gur_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 DEFAULT_K1 = 30
-"""k-reciprocal neighbourhood size (method.md §7.2, argparse ``--k1 30``)."""
+"""k-reciprocal neighbourhood size (docs/method.md §7.2, argparse ``--k1 30``)."""
 DEFAULT_K2 = 6
-"""Query-expansion neighbourhood size (method.md §7.2, argparse ``--k2 6``)."""
+"""Query-expansion neighbourhood size (docs/method.md §7.2, argparse ``--k2 6``)."""
 JACCARD_CHUNK_ROWS = 64
 """Rows per accumulation chunk: small enough that the (rows x partners) buffer stays in cache."""
 PREFILTER_MARGIN = 1e-4
@@ -109,7 +109,7 @@ def _indicator(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:
 def reciprocal_expansion(
     knn: np.ndarray, k1: int, compiled: ModuleType | None = None
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
-    """Steps 2-3 of method.md §7.2: k-reciprocal sets and their 2/3 expansion.
+    """Steps 2-3 of docs/method.md §7.2: k-reciprocal sets and their 2/3 expansion.
 
     Args:
         knn: (N, >= k1) int64 neighbour lists incl. self, nearest first.
@@ -422,7 +422,7 @@ def jaccard_distance(
     kernels: KernelChoice = "auto",
     timings: JaccardTimings | None = None,
 ) -> np.ndarray | sp.csr_matrix:
-    """k-reciprocal Jaccard distance of method.md §7.2 (the reference's ``search_option=3``).
+    """k-reciprocal Jaccard distance of docs/method.md §7.2 (the reference's ``search_option=3``).
 
     Args:
         features: (N, D) torch tensor (CPU or CUDA) or numpy array, fed as the method feeds them

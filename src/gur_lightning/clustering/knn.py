@@ -1,4 +1,4 @@
-"""Exact k-nearest neighbours by squared Euclidean distance (method.md §7.2, step 1).
+"""Exact k-nearest neighbours by squared Euclidean distance (docs/method.md §7.2, step 1).
 
 The reference ranks every point's neighbours with a faiss ``IndexFlatL2`` search that includes
 the point itself. This module returns the same lists, computed so that they are *exact*: the
@@ -12,16 +12,18 @@ are gaps between squared distances):
 * CPU torch (default): a symmetric blocked Gram matrix. Each block pair is multiplied once and
   serves both its rows and its columns; the diagonal blocks seed a per-row running threshold (the
   pool's last key), after which a block only costs a comparison against it and a small merge
-  (performance.md, techniques 1-2).
+  (docs/performance.md, techniques 1-2).
 * GPU torch: row chunks against all points and ``torch.topk``.
 * faiss (optional dependency): ``IndexFlatL2``, on GPU only when ``faiss.get_num_gpus() > 0``.
 
-Then a near-tie guard (performance.md, technique 4): float32 may order a near-tie at a boundary
+Then a near-tie guard (docs/performance.md, technique 4): float32 may order a near-tie at a
+boundary
 differently from exact arithmetic, so every row whose key gap at a boundary is below
 ``tie_tolerance`` is re-ranked with float64 distances ``sum((x_i - x_j)^2)`` (exact duplicates
 tie exactly and fall back to index order). Optionally, candidates are first proposed by a
 low-precision (bf16 / fp16) product, rescored exactly in float32 and certified by a per-row error
-bound; rows that fail the certificate are recomputed exactly (performance.md, technique 3). Both
+bound; rows that fail the certificate are recomputed exactly (docs/performance.md, technique 3).
+Both
 options keep the neighbour sets equal to the float64 ones.
 """
 
@@ -59,11 +61,11 @@ DEFAULT_TIE_TOLERANCE = 1e-5
 """Key gap (squared-distance units) under which a boundary is re-ranked in float64.
 
 float32 Gram entries of d = 2048 unit vectors carry errors of order 1e-7 to 1e-6, so 1e-5 leaves
-an order of magnitude of margin (performance.md, technique 4: ~1 % of rows are re-ranked)."""
+an order of magnitude of margin (docs/performance.md, technique 4: ~1 % of rows are re-ranked)."""
 DEFAULT_POOL_EXTRA = 8
 """Candidates kept beyond k + 1, so that a re-ranked row rarely needs a full float64 recompute."""
 DEFAULT_PROPOSAL_MARGIN = 24
-"""Extra low-precision candidates per row before exact rescoring (performance.md: k1 + 20)."""
+"""Extra low-precision candidates per row before exact rescoring (docs/performance.md: k1 + 20)."""
 GPU_CHUNK_ELEMENTS = 1 << 27
 """Largest (rows x N) similarity chunk on GPU: 512 MB of float32."""
 RESCORE_CHUNK_ROWS = 16
@@ -914,7 +916,8 @@ def exact_knn(
 ) -> KnnResult:
     """The ``k`` nearest neighbours of every point by squared Euclidean distance, self included.
 
-    Implements the kNN of method.md §7.2 step 1 (the reference's faiss ``IndexFlatL2`` search),
+    Implements the kNN of docs/method.md §7.2 step 1 (the reference's faiss ``IndexFlatL2``
+    search),
     made exact at the boundaries that matter (see the module docstring).
 
     Args:

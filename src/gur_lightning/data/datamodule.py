@@ -1,6 +1,6 @@
 """The DataModule: unlabelled training images in, pseudo-labelled identity-balanced batches out.
 
-Contract with the re-clustering callback (architecture.md §11.4): the callback asks for
+Contract with the re-clustering callback (docs/architecture.md §11.4): the callback asks for
 :meth:`VIReIDDataModule.cluster_dataloader` over any subset of training samples to extract
 features, clusters them, and installs the result with :meth:`set_pseudo_labels` *before* Lightning
 builds the phase's train loader (``reload_dataloaders_every_n_epochs=1`` makes Lightning call
@@ -10,7 +10,7 @@ builds the phase's train loader (``reload_dataloaders_every_n_epochs=1`` makes L
 Randomness of a training phase (identity plan, instance draws, augmentations, loader-worker
 seeds) is a function of ``(seed, phase index, rank)`` only, never of what ran before: a run
 resumed at a phase boundary draws exactly what the uninterrupted run drew, and DDP ranks draw
-different augmentations (architecture.md §11.6).
+different augmentations (docs/architecture.md §11.6).
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ class VIReIDDataModule(L.LightningDataModule):
     ) -> DataLoader:
         """A loader over ``samples`` with the plain eval transform, sharded across ranks.
 
-        Used for clustering features (bicubic resize, method.md §4) and for test features
+        Used for clustering features (bicubic resize, docs/method.md §4) and for test features
         (``resample="lanczos"``, §13.1). Items carry their position in ``samples`` as ``index``
         so that features gathered from several ranks can be put back in order.
         """
@@ -433,7 +433,7 @@ class VIReIDDataModule(L.LightningDataModule):
         """This rank's batch: its share of the global one, or less when clusters are few.
 
         Early clusterings (random-init features, one camera) can find fewer pseudo-identities
-        than P = batch / K. The reference then crashes (method.md §17.24); with
+        than P = batch / K. The reference then crashes (docs/method.md §17.24); with
         ``shrink_batch`` the phase trains on every identity it has, P' = clusters // world per
         rank (rounded down to keep the replica chunks equal), as long as
         P' >= ``min_identities``; otherwise the sampler refuses and the phase is skipped.

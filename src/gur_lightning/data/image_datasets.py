@@ -2,7 +2,7 @@
 
 Items are dictionaries so that the default ``collate_fn`` batches them by key and every item
 carries its position in the sample list (``index``), which lets features gathered from several
-ranks be scattered back in order (architecture.md §10.4, §11.6).
+ranks be scattered back in order (docs/architecture.md §10.4, §11.6).
 
 Images are decoded with :func:`gur_lightning.data.readers.read_image` (PIL RGB; its error names
 the file at fault). No decoded-image cache is provided: ``python -m gur_lightning.bench data``
@@ -44,7 +44,7 @@ def default_loader(path: str) -> Image.Image:
 
 
 class PseudoLabelDataset(Dataset[dict[str, Any]]):
-    """Labelled training images, optionally with two independent views (method.md §4).
+    """Labelled training images, optionally with two independent views (docs/method.md §4).
 
     The reference's ``Preprocessor_color`` opens each visible image once and applies the two RGB
     pipelines to it independently (own crop, flip and erasing each); this does the same.
@@ -107,7 +107,7 @@ class PseudoLabelDataset(Dataset[dict[str, Any]]):
 
 
 class ImageDataset(Dataset[dict[str, Any]]):
-    """Images with their ground truth, for clustering features and evaluation (method.md §7.1).
+    """Images with their ground truth, for clustering and evaluation (docs/method.md §7.1).
 
     Args:
         samples: The samples.

@@ -1,9 +1,10 @@
 """Readers for the raw SYSU-MM01, RegDB and LLCM layouts and their evaluation splits.
 
-Implements method.md §2.1 / §2.3 (raw layouts) and §13.2 / §13.3 (evaluation protocols), and
-the LLCM layout of synthetic.md "Layouts it writes". The readers read the data sets as distributed
+Implements docs/method.md §2.1 / §2.3 (raw layouts) and §13.2 / §13.3 (evaluation protocols), and
+the LLCM layout of docs/synthetic.md "Layouts it writes". The readers read the data sets as
+distributed
 (and SynVI trees, which use the same layouts) directly: nothing is converted or copied, the
-Market-style ``prepare_*.py`` trees of the official code (method.md §2.2, §2.4) are not used.
+Market-style ``prepare_*.py`` trees of the official code (docs/method.md §2.2, §2.4) are not used.
 
 Listing a split never opens an image; a corrupt file is reported by :func:`read_image` when the
 input pipeline reads it. Every listing goes through :func:`os.scandir` and each folder is listed
@@ -38,24 +39,25 @@ log = get_logger(__name__)
 #: this filter changes nothing there; it keeps stray files (``Thumbs.db``) out of the draws.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
-#: Gallery trials of the single-shot SYSU-MM01 / LLCM protocols: seeds 0..9 (method.md §13.2).
+#: Gallery trials of the single-shot SYSU-MM01 / LLCM protocols: seeds 0..9 (docs/method.md §13.2).
 NUM_GALLERY_TRIALS = 10
-#: RegDB ships ten identity splits, ``idx/*_{1..10}.txt`` (method.md §2.3).
+#: RegDB ships ten identity splits, ``idx/*_{1..10}.txt`` (docs/method.md §2.3).
 REGDB_TRIALS = range(1, 11)
 #: Share of the training identities (the last ones in sorted order) held out for model selection
 #: on RegDB and LLCM, which have no official validation identities. Not from the official code:
-#: GUR selects its RegDB model on the test split (method.md §13.3), which we do not repeat.
+#: GUR selects its RegDB model on the test split (docs/method.md §13.3), which we do not repeat.
 VAL_HOLDOUT_FRACTION = 0.2
 
-#: SYSU-MM01 cameras (method.md §2.1): visible 1, 2 (indoor), 4, 5 (outdoor); infrared 3
+#: SYSU-MM01 cameras (docs/method.md §2.1): visible 1, 2 (indoor), 4, 5 (outdoor); infrared 3
 #: (indoor), 6 (outdoor).
 SYSU_CAMERAS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
 SYSU_INFRARED_CAMERAS: tuple[int, ...] = (3, 6)
-#: Query cameras of both SYSU-MM01 settings and gallery cameras per setting (method.md §13.2).
+#: Query cameras of both SYSU-MM01 settings and gallery cameras per setting (docs/method.md §13.2).
 SYSU_QUERY_CAMERAS: tuple[int, ...] = (3, 6)
 SYSU_GALLERY_CAMERAS: dict[str, tuple[int, ...]] = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 #: RegDB has one camera per modality (a co-located visible/thermal pair); we number them 1 and 2,
-#: as the official evaluation does (method.md §13.3), so no camera filter ever removes a match.
+#: as the official evaluation does (docs/method.md §13.3), so no camera filter ever removes a
+#: match.
 REGDB_CAMERA: dict[str, int] = {"visible": 1, "infrared": 2}
 #: LLCM folders per modality and the direction codes of its protocol.
 LLCM_TEST_FOLDER: dict[str, str] = {"visible": "test_vis", "infrared": "test_nir"}
@@ -110,7 +112,7 @@ class ImageReadError(OSError):
 
 
 def read_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image as 3-channel RGB, as the official loaders do (method.md §2.2).
+    """Open an image as 3-channel RGB, as the official loaders do (docs/method.md §2.2).
 
     Infrared / thermal images are therefore returned with three near-identical channels.
 
@@ -161,7 +163,7 @@ def _image_names(path: str) -> list[str]:
     """Sorted names of the image files in ``path`` (hidden files skipped).
 
     Sorting names is the official ``sorted([img_dir + '/' + f for f in os.listdir(img_dir)])``
-    (method.md §13.2): all paths share the prefix, so the orders are the same.
+    (docs/method.md §13.2): all paths share the prefix, so the orders are the same.
     """
     with os.scandir(path) as entries:
         names = [
@@ -182,7 +184,7 @@ def _read_text(path: str, what: str, layout: str) -> str:
 
 
 def _read_id_file(path: str, layout: str) -> list[int]:
-    """Parse an id file: comma-separated integers (method.md §2.1), sorted and de-duplicated.
+    """Parse an id file: comma-separated integers (docs/method.md §2.1), sorted and de-duplicated.
 
     Raises:
         DatasetPathMissingError: The file does not exist.
@@ -207,7 +209,7 @@ def _read_id_file(path: str, layout: str) -> list[int]:
 
 
 def _read_list_file(path: str, layout: str) -> list[tuple[str, int, int]]:
-    """Parse a list file of ``relative/path label`` lines (method.md §2.3).
+    """Parse a list file of ``relative/path label`` lines (docs/method.md §2.3).
 
     Returns:
         ``(relative_path, label, line_number)`` per non-blank line, in file order.
@@ -305,7 +307,7 @@ def _group_by_pid_cam(samples: Iterable[Sample]) -> dict[tuple[int, int], list[S
 def _all_shots(
     pids: Iterable[int], cameras: Sequence[int], groups: Mapping[tuple[int, int], list[Sample]]
 ) -> list[Sample]:
-    """Every image of ``pids`` in ``cameras``, in the official query order (method.md §13.2).
+    """Every image of ``pids`` in ``cameras``, in the official query order (docs/method.md §13.2).
 
     Identities sorted, cameras in the given order, files sorted within each folder.
     """
@@ -320,7 +322,7 @@ def _single_shot(
 ) -> list[Sample]:
     """One random image per identity and camera, the official single-shot gallery draw.
 
-    method.md §13.2: after ``random.seed(trial)``, for each identity in sorted order and each
+    docs/method.md §13.2: after ``random.seed(trial)``, for each identity in sorted order and each
     camera in the given order, if the folder exists, ``random.choice`` over its sorted files.
     A private ``random.Random(trial)`` yields the same draws without touching the global state.
 
@@ -414,7 +416,7 @@ class VIReIDDataset(ABC):
 
     @abstractmethod
     def test_samples(self, modality: Modality) -> list[Sample]:
-        """Every test image of one modality (the within-modality diagnostic, method.md §13.4)."""
+        """Every test image of one modality (within-modality diagnostic, docs/method.md §13.4)."""
 
     @abstractmethod
     def protocols(self) -> list[Protocol]:
@@ -436,7 +438,7 @@ class VIReIDDataset(ABC):
 
 
 class SYSUMM01Dataset(VIReIDDataset):
-    """SYSU-MM01 from its raw tree (method.md §2.1, protocol §13.2).
+    """SYSU-MM01 from its raw tree (docs/method.md §2.1, protocol §13.2).
 
     Training uses train ∪ val identities as the official code does (395 ids, 22,258 visible +
     11,909 infrared images on the real data); ``holdout_val=True`` leaves the val ids out.
@@ -513,7 +515,7 @@ class SYSUMM01Dataset(VIReIDDataset):
     def test_split(
         self, mode: str = "all", trial: int | None = None
     ) -> tuple[list[Sample], list[Sample]]:
-        """SYSU-MM01 test query and single-shot gallery (method.md §13.2).
+        """SYSU-MM01 test query and single-shot gallery (docs/method.md §13.2).
 
         Args:
             mode: ``"all"`` (gallery cameras 1, 2, 4, 5) or ``"indoor"`` (1, 2).
@@ -562,7 +564,7 @@ class SYSUMM01Dataset(VIReIDDataset):
         return [s for s in self._images_of(set(self.test_ids)) if s.modality == modality]
 
     def protocols(self) -> list[Protocol]:
-        """All-search and indoor-search, each over gallery trials 0..9 (method.md §13.2)."""
+        """All-search and indoor-search, each over gallery trials 0..9 (docs/method.md §13.2)."""
         return [
             {
                 "name": f"sysu_{mode}",
@@ -576,7 +578,7 @@ class SYSUMM01Dataset(VIReIDDataset):
 
 
 class RegDBDataset(VIReIDDataset):
-    """RegDB from its raw tree and ``idx`` lists (method.md §2.3, protocol §13.3).
+    """RegDB from its raw tree and ``idx`` lists (docs/method.md §2.3, protocol §13.3).
 
     ``pid`` is the label of the list file; RegDB has one camera per modality, so every visible
     image gets ``camid`` 1 and every thermal image ``camid`` 2.
@@ -635,7 +637,7 @@ class RegDBDataset(VIReIDDataset):
     def test_split(
         self, direction: str = "v2t", trial: int | None = None
     ) -> tuple[list[Sample], list[Sample]]:
-        """RegDB test lists of the loaded trial (method.md §13.3).
+        """RegDB test lists of the loaded trial (docs/method.md §13.3).
 
         Args:
             direction: ``"v2t"`` (visible query, thermal gallery) or ``"t2v"``.
@@ -680,7 +682,7 @@ class RegDBDataset(VIReIDDataset):
         return list(self._test[modality])
 
     def protocols(self) -> list[Protocol]:
-        """Visible-to-thermal and thermal-to-visible for the loaded trial (method.md §13.3)."""
+        """Visible-to-thermal and thermal-to-visible of the loaded trial (docs/method.md §13.3)."""
         return [
             {
                 "name": f"regdb_{direction}",
@@ -697,7 +699,7 @@ class RegDBDataset(VIReIDDataset):
 
 
 class LLCMDataset(VIReIDDataset):
-    """LLCM from its raw tree (synthetic.md "Layouts it writes"; official LLCM protocol).
+    """LLCM from its raw tree (docs/synthetic.md "Layouts it writes"; official LLCM protocol).
 
     Training images come from ``idx/train_vis.txt`` / ``idx/train_nir.txt``. Their labels are
     training labels only: ``pid`` and ``camid`` are parsed from the file name

@@ -1,10 +1,11 @@
 """Rank-aware samplers: P x K identity batches for training, exact shards for inference.
 
-``IdentitySampler`` re-implements the reference's ``RandomMultipleGallerySampler`` (method.md
-§5.1) for DDP, following architecture.md §10.2 and §11.6: every rank derives the same global plan
+``IdentitySampler`` re-implements the reference's ``RandomMultipleGallerySampler`` (docs/method.md
+§5.1) for DDP, following docs/architecture.md §10.2 and §11.6: every rank derives the same global
+plan
 from ``(seed, epoch)`` alone and takes a disjoint slice of identities at every step, so Lightning
 must be run with ``use_distributed_sampler=False``. ``ShardSampler`` splits inference sets into
-contiguous unpadded shards so that no query or gallery image is counted twice (architecture.md
+contiguous unpadded shards so that no query or gallery image is counted twice (docs/architecture.md
 §10.3).
 """
 
@@ -20,7 +21,7 @@ __all__ = ["IdentitySampler", "NotEnoughClustersError", "ShardSampler"]
 
 
 class NotEnoughClustersError(ValueError):
-    """Fewer pseudo-identities than one global P x K batch needs (method.md §5.2, §17.24).
+    """Fewer pseudo-identities than one global P x K batch needs (docs/method.md §5.2, §17.24).
 
     The re-clustering callback catches it and skips the training phase instead of failing, which
     the reference cannot do (its ``IterLoader`` raises on an empty loader).
@@ -42,7 +43,7 @@ def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 class IdentitySampler(Sampler[int]):
-    """P x K identity sampler with cross-camera positives, sharded by rank (method.md §5.1).
+    """P x K identity sampler with cross-camera positives, sharded by rank (docs/method.md §5.1).
 
     Each batch of ``batch_size`` indices holds ``P = batch_size // num_instances`` distinct
     identities with ``K = num_instances`` consecutive indices each. For every identity one anchor
@@ -216,7 +217,7 @@ class ShardSampler(Sampler[int]):
 
     Rank ``r`` of ``W`` gets ``range(start_r, start_r + n_r)`` where the first ``N mod W`` ranks
     hold ``ceil(N / W)`` indices and the rest ``floor(N / W)`` (fast-reid's ``InferenceSampler``
-    idea, architecture.md §10.3, §11.6). Shards may differ in length by one, so gathered
+    idea, docs/architecture.md §10.3, §11.6). Shards may differ in length by one, so gathered
     results must be padded and scattered by sample index (§10.4).
 
     Args:

@@ -1,4 +1,4 @@
-"""Image pre-processing and the GUR channel augmentations (method.md §4).
+"""Image pre-processing and the GUR channel augmentations (docs/method.md §4).
 
 Every training and evaluation pipeline here maps a decoded PIL RGB image to a normalised
 ``float32`` tensor of shape ``(3, H, W)``. The channel augmentations act on that normalised
@@ -48,11 +48,11 @@ __all__ = [
     "build_train_transform",
 ]
 
-#: ImageNet statistics used by ``Normalize`` in every pipeline (method.md §4).
+#: ImageNet statistics used by ``Normalize`` in every pipeline (docs/method.md §4).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Per-channel fill of ``ChannelRandomErasing``: CIFAR means written into an already normalised
-#: tensor, a reference quirk kept for parity (method.md §4, §17.16).
+#: tensor, a reference quirk kept for parity (docs/method.md §4, §17.16).
 ERASING_FILL: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 #: ITU-R BT.601 luma weights used by the reference's grey conversion (``ChannelAug.py``).
 GREY_WEIGHTS: tuple[float, float, float] = (0.2989, 0.5870, 0.1140)
@@ -98,7 +98,7 @@ def _replicate(img: Tensor, plane: Tensor, inplace: bool) -> Tensor:
 
 
 class ChannelRandomErasing(nn.Module):
-    """Random erasing with a constant per-channel fill (method.md §4, ``ChannelAug.py:157-202``).
+    """Random erasing with a constant per-channel fill (docs/method.md §4).
 
     With probability ``p`` up to ``max_attempts`` rectangles are proposed. Each has area
     ``U(sl, sh) * H * W`` and aspect ratio (height / width) ``U(r1, 1 / r1)``; its side lengths
@@ -183,7 +183,7 @@ class ChannelRandomErasing(nn.Module):
 
 
 class ChannelExchange(nn.Module):
-    """Replace the image by one replicated colour channel (method.md §4, ``ChannelAug.py:11-45``).
+    """Replace the image by one replicated colour channel (docs/method.md §4).
 
     ``idx`` is uniform in ``{0, ..., gray}``. For ``idx`` in ``{0, 1, 2}`` all three channels
     become channel ``idx``; otherwise they become the grey image ``0.2989 R + 0.5870 G +
@@ -223,7 +223,7 @@ class ChannelExchange(nn.Module):
 
 
 class ChannelAdapGray(nn.Module):
-    """The infrared channel augmentation (method.md §4, ``ChannelAug.py:86-128``).
+    """The infrared channel augmentation (docs/method.md §4, ``ChannelAug.py:86-128``).
 
     ``idx`` is uniform in ``{0, 1, 2, 3}``. For ``idx`` in ``{0, 1, 2}`` the image becomes
     channel ``idx`` replicated; for ``idx == 3`` it becomes grey with probability ``p`` and is
@@ -294,7 +294,7 @@ class RandomIntensityRemap(nn.Module):
     the ``uint8`` image. Brightness order is scrambled while edges stay edges, so features must
     rest on shape rather than on intensity values. It is the bridge when infrared intensities
     carry no information about visible colour, as on SynVI, where the channel augmentations
-    (which assume infrared resembles one colour channel) cannot bridge (synthetic.md, first
+    (which assume infrared resembles one colour channel) cannot bridge (docs/synthetic.md, first
     calibration study).
 
     Args:
@@ -338,7 +338,7 @@ class RandomIntensityRemap(nn.Module):
 
 
 class ToNormalizedFloat(nn.Module):
-    """``ToTensor`` + ``Normalize`` fused for ``uint8`` CHW input (method.md §4).
+    """``ToTensor`` + ``Normalize`` fused for ``uint8`` CHW input (docs/method.md §4).
 
     Computes ``(x / 255 - mean) / std`` as ``x * (1 / (255 std)) - mean / std`` in a single
     pass over a fresh ``float32`` tensor (the two torchvision steps cost about twice as much).
@@ -431,7 +431,7 @@ def build_train_transform(
     std: Sequence[float] = IMAGENET_STD,
     resize_backend: str = "tensor",
 ) -> Callable[[Image.Image], Tensor]:
-    """Build one of the three training pipelines of method.md §4.
+    """Build one of the three training pipelines of docs/method.md §4.
 
     * visible, view 1 (``train_transformer_rgb``): Resize((H, W), bicubic) -> Pad(pad) ->
       RandomCrop((H, W)) -> RandomHorizontalFlip(flip_p) -> ToTensor -> Normalize ->
@@ -508,7 +508,7 @@ def build_eval_transform(
     std: Sequence[float] = IMAGENET_STD,
     resize_backend: str = "tensor",
 ) -> Callable[[Image.Image], Tensor]:
-    """Build the deterministic feature-extraction pipeline (method.md §4 table, §17.18).
+    """Build the deterministic feature-extraction pipeline (docs/method.md §4 table, §17.18).
 
     ``"bicubic"`` is the clustering loader's ``Resize((H, W), bicubic) -> ToTensor ->
     Normalize``. ``"lanczos"`` is the final test's ``img.resize((W, H), ANTIALIAS)`` (Lanczos in

@@ -1,4 +1,4 @@
-"""Evaluation protocols and metrics (method.md §13, architecture.md §11.7).
+"""Evaluation protocols and metrics (docs/method.md §13, docs/architecture.md §11.7).
 
 * :func:`evaluate_sysu`, :func:`evaluate_regdb`, :func:`evaluate_llcm`: the official
   ``eval_sysu`` / ``eval_regdb`` / DEEN ``eval_llcm`` numbers (CMC, mAP, mINP), vectorised.

@@ -1,11 +1,12 @@
 """Vectorised re-ID ranking metrics (CMC, mAP, mINP) reproducing the official protocols.
 
 The numbers must match published tables, so every function here reproduces the evaluation code
-that GUR ships (``eval_sysu`` / ``eval_regdb`` of the AGW cross-modal baseline, method.md §13.2
+that GUR ships (``eval_sysu`` / ``eval_regdb`` of the AGW cross-modal baseline, docs/method.md
+§13.2
 and §13.3) and DEEN's ``eval_llcm``, quirks included, but without a per-query Python loop: all
 queries of a chunk are ranked and scored at once with array operations.
 
-Shared definitions (method.md §13; Ye et al., "Deep Learning for Person Re-identification: A
+Shared definitions (docs/method.md §13; Ye et al., "Deep Learning for Person Re-identification: A
 Survey and Outlook", for mINP):
 
 * ``distmat`` is (Q, G); smaller means closer. Each row is ranked ascending.
@@ -28,7 +29,8 @@ Decisions (documented deviations or clarifications; each is tested):
   contain a tie, which yields exactly the stable order.
 * **Invalid queries in the de-duplicated CMC.** The official ``eval_sysu`` appends the
   de-duplicated CMC row of *every* query, then divides the sum by the number of valid queries
-  only (method.md §13.2). An invalid query's row is all zeros (its identity never appears in the
+  only (docs/method.md §13.2). An invalid query's row is all zeros (its identity never appears in
+  the
   kept list), so the quirk is numerically the same as skipping it; this is what we compute.
 * **``max_rank`` beyond the list length.** The official code lowers ``max_rank`` to G (with a
   printed note) and breaks or shortens the curve when a kept or de-duplicated list is shorter
@@ -57,16 +59,16 @@ log = get_logger(__name__)
 ArrayLike = np.ndarray | torch.Tensor | list[int] | list[float] | tuple[int, ...]
 
 DEFAULT_MAX_RANK = 20
-"""CMC length used by all the official evaluation functions (method.md §13.2)."""
+"""CMC length used by all the official evaluation functions (docs/method.md §13.2)."""
 
 SYSU_REMOVAL_QUERY_CAM = 3
-"""SYSU-MM01 rule (method.md §13.2): a query from this infrared camera ..."""
+"""SYSU-MM01 rule (docs/method.md §13.2): a query from this infrared camera ..."""
 
 SYSU_REMOVAL_GALLERY_CAM = 2
 """... never sees gallery images from this visible camera, whatever their identity."""
 
 REPORTED_RANKS: tuple[int, ...] = (1, 5, 10, 20)
-"""CMC ranks reported in the GUR tables (method.md §13.2: R1, R5, R10, R20)."""
+"""CMC ranks reported in the GUR tables (docs/method.md §13.2: R1, R5, R10, R20)."""
 
 _CHUNK_ELEMENTS = 1 << 21
 """Queries are processed in chunks of about this many (query, gallery) pairs to bound memory
@@ -99,14 +101,14 @@ PROTOCOLS: dict[str, RankProtocol] = {
         "sysu",
         "sysu_cam3_cam2",
         True,
-        "SYSU-MM01, official eval_sysu (method.md §13.2): camera-3 queries drop all camera-2 "
+        "SYSU-MM01, official eval_sysu (docs/method.md §13.2): camera-3 queries drop all camera-2 "
         "gallery items; CMC on the identity-de-duplicated list; mAP/mINP on the kept list.",
     ),
     "regdb": RankProtocol(
         "regdb",
         "none",
         False,
-        "RegDB, official eval_regdb (method.md §13.3): camera ids are fake (query 1, gallery "
+        "RegDB, official eval_regdb (docs/method.md §13.3): camera ids are fake (query 1, gallery "
         "2), so nothing is removed; standard CMC.",
     ),
     "llcm": RankProtocol(
@@ -120,7 +122,7 @@ PROTOCOLS: dict[str, RankProtocol] = {
         "market",
         "same_pid_same_cam",
         False,
-        "Market-1501 style single-modality evaluation (method.md §13.4): drop same identity "
+        "Market-1501 style single-modality evaluation (docs/method.md §13.4): drop same identity "
         "and same camera; standard CMC.",
     ),
 }
@@ -216,7 +218,7 @@ def _rank_chunk(
     gallery: _Gallery,
     protocol: RankProtocol,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Score one chunk of queries at once (method.md §13.2/§13.3, vectorised).
+    """Score one chunk of queries at once (docs/method.md §13.2/§13.3, vectorised).
 
     Args:
         dist: (C, G) distances of C queries.
@@ -238,7 +240,7 @@ def _rank_chunk(
     keep = None
     if protocol.removal == "sysu_cam3_cam2":
         assert q_cams is not None and gallery.cams is not None  # checked by evaluate_rank
-        # method.md §13.2: identities play no part in this rule.
+        # docs/method.md §13.2: identities play no part in this rule.
         gallery_cam2 = gallery.cams == SYSU_REMOVAL_GALLERY_CAM
         keep = ~((q_cams == SYSU_REMOVAL_QUERY_CAM)[:, None] & gallery_cam2[order])
     elif protocol.removal == "same_pid_same_cam":
@@ -302,7 +304,7 @@ def evaluate_rank(
     *,
     chunk_size: int | None = None,
 ) -> dict[str, Any]:
-    """Rank a gallery for every query and compute CMC, mAP and mINP (method.md §13).
+    """Rank a gallery for every query and compute CMC, mAP and mINP (docs/method.md §13).
 
     Args:
         distmat: (Q, G) distances, smaller = closer (NumPy array or torch tensor).
@@ -414,7 +416,7 @@ def evaluate_sysu(
     g_camids: ArrayLike,
     max_rank: int = DEFAULT_MAX_RANK,
 ) -> dict[str, Any]:
-    """SYSU-MM01 evaluation exactly as the official ``eval_sysu`` (method.md §13.2).
+    """SYSU-MM01 evaluation exactly as the official ``eval_sysu`` (docs/method.md §13.2).
 
     A camera-3 query drops every camera-2 gallery item (any identity); the CMC uses the
     identity-de-duplicated ranking, mAP and mINP the kept (non-de-duplicated) list.
@@ -439,7 +441,7 @@ def evaluate_regdb(
     g_pids: ArrayLike,
     max_rank: int = DEFAULT_MAX_RANK,
 ) -> dict[str, Any]:
-    """RegDB evaluation exactly as the official ``eval_regdb`` (method.md §13.3).
+    """RegDB evaluation exactly as the official ``eval_regdb`` (docs/method.md §13.3).
 
     Nothing is removed and the CMC is the standard one (no identity de-duplication).
 
@@ -493,7 +495,7 @@ def evaluate_trials(
     protocol: str | RankProtocol = "sysu",
     max_rank: int = DEFAULT_MAX_RANK,
 ) -> dict[str, Any]:
-    """Average a protocol over gallery trials sharing one query set (method.md §13.2/§13.3).
+    """Average a protocol over gallery trials sharing one query set (docs/method.md §13.2/§13.3).
 
     SYSU's ten single-shot galleries (``random.seed(trial)``) share the query set; building
     the distance matrix once against the union of all trial galleries and masking columns per

@@ -1,8 +1,8 @@
-"""``ReIDMetric``: a torchmetrics ``Metric`` computing CMC / mAP / mINP (architecture.md §11.7).
+"""``ReIDMetric``: a torchmetrics ``Metric`` for CMC / mAP / mINP (docs/architecture.md §11.7).
 
 The metric gathers features, identities, cameras, a query flag and each sample's dataset index
 during validation or test, then builds one distance matrix and calls the protocol's ranking
-function (:mod:`gur_lightning.metrics.functional`, method.md §13). One metric returns all the
+function (:mod:`gur_lightning.metrics.functional`, docs/method.md §13). One metric returns all the
 numbers, so the distance matrix is computed once.
 
 DDP: list states are concatenated across processes by torchmetrics (``dist_reduce_fx="cat"``,
@@ -41,9 +41,9 @@ class ReIDMetric(Metric):
     Query and gallery samples of one evaluation direction are fed through the same metric
     (e.g. SYSU: IR queries and RGB gallery; one instance per RegDB direction). Features are
     L2-normalised and compared with the negated cosine similarity, as the reference does
-    (method.md §13.1).
+    (docs/method.md §13.1).
 
-    Gallery trials (SYSU's ten single-shot galleries, method.md §13.2): give a (T, N) boolean
+    Gallery trials (SYSU's ten single-shot galleries, docs/method.md §13.2): give a (T, N) boolean
     array over the *dataset index space* (``gallery_trials[t, i]`` is True when the sample with
     index ``i`` belongs to trial ``t``'s gallery), either at construction or with
     :meth:`set_gallery_trials`. The dataset then holds the queries plus the union of all trial

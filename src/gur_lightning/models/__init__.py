@@ -1,4 +1,4 @@
-"""Network, cluster memories, ADC loss and the LightningModule (method.md §3, §6)."""
+"""Network, cluster memories, ADC loss and the LightningModule (docs/method.md §3, §6)."""
 
 from gur_lightning.models.backbone import DualStreamResNet, GeM, NonLocalBlock
 from gur_lightning.models.losses import adc_loss, duplicate_views, info_nce

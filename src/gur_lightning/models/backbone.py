@@ -1,10 +1,11 @@
-"""Two-stream ResNet of GUR/ADCA: per-modality stems, shared body, GeM, BN-neck (method.md §3).
+"""Two-stream ResNet: per-modality stems, shared body, GeM, BN-neck (docs/method.md §3).
 
 The reference builds three ImageNet ResNet-50 copies and uses only the stems (conv1, bn1, relu,
-maxpool) of two of them and layer1-4 of the third (method.md §3). Here the stems are built from
-conv1/bn1 only, which is the same function without the unused parameters (method.md §17.21).
+maxpool) of two of them and layer1-4 of the third (docs/method.md §3). Here the stems are built
+from
+conv1/bn1 only, which is the same function without the unused parameters (docs/method.md §17.21).
 Both modalities pass the shared body in ONE call, so BatchNorm statistics are computed over the
-visible and infrared images together, as on a single reference replica (method.md §3, §17.15).
+visible and infrared images together, as on a single reference replica (docs/method.md §3, §17.15).
 With ``bn_replicas = R > 1`` every BatchNorm normalises per virtual DataParallel replica
 (:mod:`gur_lightning.models.replica_bn`), as the reference's four GPUs did.
 """
@@ -44,18 +45,18 @@ DEPTHS: dict[int, tuple[str, str]] = {
 }
 
 #: Older torchvision file names of the same ImageNet V1 weights; the reference loads
-#: ``resnet50-19c8e357.pth`` (method.md §3). Accepted in the cache as well.
+#: ``resnet50-19c8e357.pth`` (docs/method.md §3). Accepted in the cache as well.
 _LEGACY_FILES: dict[int, str] = {
     18: "resnet18-5c106cde.pth",
     34: "resnet34-333f7ec4.pth",
     50: "resnet50-19c8e357.pth",
 }
 
-#: GeM exponent of the reference, fixed (not learnable), method.md §3.
+#: GeM exponent of the reference, fixed (not learnable), docs/method.md §3.
 GEM_P: float = 3.0
-#: Added to the mean of cubes before the root, as in the reference (method.md §3).
+#: Added to the mean of cubes before the root, as in the reference (docs/method.md §3).
 GEM_EPS: float = 1e-12
-#: BN-neck weight init N(1, 0.01) of ``weights_init_kaiming`` (method.md §3).
+#: BN-neck weight init N(1, 0.01) of ``weights_init_kaiming`` (docs/method.md §3).
 BNNECK_WEIGHT_STD: float = 0.01
 #: AGW "non-local (down)" placement: blocks after the last 2 blocks of layer2 and the last 3
 #: of layer3 (AGW's ``non_layers = [0, 2, 3, 0]``). Off by default, as in the reference.
@@ -63,7 +64,7 @@ NON_LOCAL_LAYERS: dict[str, int] = {"layer2": 2, "layer3": 3}
 
 
 class GeM(nn.Module):
-    """Generalised-mean pooling with a fixed exponent (method.md §3).
+    """Generalised-mean pooling with a fixed exponent (docs/method.md §3).
 
     ``pool_c = (mean_{h,w} x_{c,h,w}^p + eps)^(1/p)``; the eps sits inside the root, after the
     mean, exactly as in the reference. The pooling is computed in fp32 for half-precision inputs
@@ -220,7 +221,7 @@ def load_imagenet_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         path: A ``.pth`` file holding a state dict (or a dict with a ``"state_dict"`` entry).
 
     Returns:
-        The state dict, ``fc.*`` removed (method.md §3: the reference drops it).
+        The state dict, ``fc.*`` removed (docs/method.md §3: the reference drops it).
 
     Raises:
         ValueError: If the file does not hold a mapping of tensors.
@@ -234,7 +235,7 @@ def load_imagenet_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 
 class DualStreamResNet(nn.Module):
-    """Visible and infrared stems, shared ResNet body, GeM pooling and BN-neck (method.md §3).
+    """Visible and infrared stems, shared ResNet body, GeM pooling and BN-neck (docs/method.md §3).
 
     Args:
         depth: ResNet depth: 50 (the reference, 2048-d features) or 18/34 (512-d; CPU tests).
@@ -296,7 +297,7 @@ class DualStreamResNet(nn.Module):
             log.info("loaded ImageNet weights for both stems and the body from %s", path)
         if last_stride == 1:
             # Only the first block of layer4 strides (main path and downsample); weights are
-            # unchanged, the map is twice as large (method.md §3, last_conv_stride=1).
+            # unchanged, the map is twice as large (docs/method.md §3, last_conv_stride=1).
             for module in net.layer4[0].modules():
                 if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
                     module.stride = (1, 1)
@@ -332,7 +333,7 @@ class DualStreamResNet(nn.Module):
         self.bnneck = nn.BatchNorm1d(self.feature_dim)
         nn.init.normal_(self.bnneck.weight, 1.0, BNNECK_WEIGHT_STD)
         nn.init.zeros_(self.bnneck.bias)
-        self.bnneck.bias.requires_grad_(False)  # frozen BN-neck bias (method.md §3)
+        self.bnneck.bias.requires_grad_(False)  # frozen BN-neck bias (docs/method.md §3)
         self.bn_replicas = bn_replicas
         self.local_replicas = bn_replicas
         if bn_replicas > 1:
@@ -413,7 +414,7 @@ class DualStreamResNet(nn.Module):
         Returns:
             ``(f_visible, f_infrared)``, each ``(B, D)`` fp32 or ``None`` where the input was
             ``None``. Train mode: raw BN-neck outputs ``f(x)``; eval mode: L2-normalised
-            ``ẑ(x)`` (method.md §1, §3).
+            ``ẑ(x)`` (docs/method.md §1, §3).
 
         Raises:
             ValueError: If both inputs are ``None``.

@@ -1,9 +1,9 @@
-"""Augmented dual-contrastive (ADC) loss, method.md §6.2.
+"""Augmented dual-contrastive (ADC) loss, docs/method.md §6.2.
 
 Each stream is a cluster-contrast InfoNCE: cross-entropy of the memory logits
-``norm(f) M^T / τ`` against the pseudo-label (method.md §6.1). The visible stream carries both
+``norm(f) M^T / τ`` against the pseudo-label (docs/method.md §6.1). The visible stream carries both
 views of every image, ``cat(view1, view2)``, with the labels duplicated; the reference weighs the
-two streams 1 and 1 and has no other term (method.md §6.2 step 4).
+two streams 1 and 1 and has no other term (docs/method.md §6.2 step 4).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ __all__ = ["adc_loss", "duplicate_views", "info_nce"]
 
 
 def info_nce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cluster-contrast InfoNCE: mean cross-entropy of memory logits (method.md §6.1).
+    """Cluster-contrast InfoNCE: mean cross-entropy of memory logits (docs/method.md §6.1).
 
     Args:
         logits: ``(B, K)`` fp32 ``norm(f) M^T / τ``.
@@ -32,7 +32,7 @@ def info_nce(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def duplicate_views(view1: Tensor, view2: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Stack the two visible views and repeat their labels (method.md §6.2 step 2).
+    """Stack the two visible views and repeat their labels (docs/method.md §6.2 step 2).
 
     Args:
         view1: ``(B, 3, H, W)`` the normally augmented images.
@@ -59,7 +59,7 @@ def adc_loss(
     weight_visible: float = 1.0,
     weight_infrared: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """ADC loss ``w_ir·CE(s_ir, y_ir) + w_vis·CE(s_vis, y_vis)`` (method.md §6.2).
+    """ADC loss ``w_ir·CE(s_ir, y_ir) + w_vis·CE(s_vis, y_vis)`` (docs/method.md §6.2).
 
     Either stream may be ``None`` (a phase that trains one modality); at least one is needed.
 

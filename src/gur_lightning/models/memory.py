@@ -1,11 +1,11 @@
-"""Cluster-centroid memory with the official momentum rule (method.md §6.1, §7.4, §17.13-14).
+"""Cluster-centroid memory with the official momentum rule (docs/method.md §6.1, §7.4, §17.13-14).
 
 The memory is a plain fp32 tensor of L2-normalised rows, not a parameter and not a registered
 module: it never enters the optimizer or a checkpoint, is rebuilt after every clustering
-(method.md §7.4), and can be swapped without changing the module tree that DDP wraps
-(architecture.md §10.8). Logits are taken against the memory as it stands; the update is a
-separate call made after the optimizer step (architecture.md §10.9, §11.5.4), so every stream
-of a batch sees the pre-update memory (method.md §17.13).
+(docs/method.md §7.4), and can be swapped without changing the module tree that DDP wraps
+(docs/architecture.md §10.8). Logits are taken against the memory as it stands; the update is a
+separate call made after the optimizer step (docs/architecture.md §10.9, §11.5.4), so every stream
+of a batch sees the pre-update memory (docs/method.md §17.13).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torch import Tensor
 
 __all__ = ["MEMORY_MOMENTUM", "TEMPERATURE", "ClusterMemory", "UpdateMode", "at_least_fp32"]
 
-#: Memory temperature τ (``--temp 0.05``), method.md §6.1 / §12.
+#: Memory temperature τ (``--temp 0.05``), docs/method.md §6.1 / §12.
 TEMPERATURE: float = 0.05
 #: Weight of the OLD memory row in the momentum update (``--momentum 0.1``; m = 0.1 means the
-#: new row is 90 % the current sample), method.md §6.1 / §17.14.
+#: new row is 90 % the current sample), docs/method.md §6.1 / §17.14.
 MEMORY_MOMENTUM: float = 0.1
 #: Guard against division by zero when renormalising (a row can only vanish if a sample is
 #: exactly opposite to it and m = 0.5).
@@ -46,10 +46,10 @@ class ClusterMemory:
     Args:
         centroids: Optional ``(K, D)`` initial centroids (see :meth:`reset`).
         temperature: τ in ``logits = norm(f) M^T / τ``.
-        momentum: Weight of the OLD row: ``M_y ← norm(m·M_y + (1−m)·q)`` (method.md §17.14).
+        momentum: Weight of the OLD row: ``M_y ← norm(m·M_y + (1−m)·q)`` (docs/method.md §17.14).
         update_mode: ``"mean"``: every sample, one after another in batch order (the
             reference's ``CM``); ``"hard"``: per class only the least similar sample
-            (``CM_Hard``, off in every GUR/ADCA script), method.md §6.1.
+            (``CM_Hard``, off in every GUR/ADCA script), docs/method.md §6.1.
 
     Attributes:
         features: ``(K, D)`` fp32 unit rows (``None`` before :meth:`reset`).
@@ -89,7 +89,7 @@ class ClusterMemory:
         return 0 if self.features is None else self.features.shape[1]
 
     def reset(self, centroids: Tensor) -> None:
-        """Replace the memory by ``norm(centroids)`` in fp32 (method.md §7.4).
+        """Replace the memory by ``norm(centroids)`` in fp32 (docs/method.md §7.4).
 
         Args:
             centroids: ``(K, D)`` cluster centres, e.g. means of extracted features ``e(x)``.
@@ -144,7 +144,7 @@ class ClusterMemory:
         return labels
 
     def logits(self, features: Tensor) -> Tensor:
-        """Cosine logits against every centroid, in fp32 even under autocast (method.md §6.1).
+        """Cosine logits against every centroid, in fp32 even under autocast (docs/method.md §6.1).
 
         Gradients flow into ``features`` (through the normalisation), never into the memory.
 
@@ -155,14 +155,15 @@ class ClusterMemory:
             ``(B, K)`` ``norm(f) M^T / τ`` in fp32 (fp64 for fp64 features).
         """
         memory = self._rows_for(features)
-        # τ = 0.05 multiplies the cosines by 20: keep this matmul out of bf16 (method.md §18.2).
+        # τ = 0.05 multiplies the cosines by 20: keep this matmul out of bf16 (docs/method.md
+        # §18.2).
         with torch.autocast(device_type=features.device.type, enabled=False):
             q = F.normalize(at_least_fp32(features), dim=1)
             return q @ memory.to(q.dtype).t() / self.temperature
 
     @torch.no_grad()
     def update(self, features: Tensor, labels: Tensor) -> None:
-        """Apply the momentum rule for every sample of a batch (method.md §6.1).
+        """Apply the momentum rule for every sample of a batch (docs/method.md §6.1).
 
         ``mean`` mode: for b = 1..B in order, ``M_y ← m·M_y + (1−m)·q_b`` then
         ``M_y ← M_y / ||M_y||`` with ``q_b = norm(f_b)`` and ``y = y_b``. Distinct classes do not
@@ -185,7 +186,8 @@ class ClusterMemory:
         if features.shape[0] == 0:
             return
         # Out of place: the previous tensor may still be saved by an autograd graph
-        # (architecture.md §10.9) or, after ddp_spawn pickled the module, live in memory shared
+        # (docs/architecture.md §10.9) or, after ddp_spawn pickled the module, live in memory
+        # shared
         # with the other ranks, which would then see each other's updates.
         memory = current.clone()
         with torch.autocast(device_type=features.device.type, enabled=False):

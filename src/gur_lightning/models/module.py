@@ -1,21 +1,22 @@
-"""``GURLitModule``: ADC training against cluster memories, and feature extraction (method.md §6).
+"""``GURLitModule``: ADC training against cluster memories, feature extraction (docs/method.md §6).
 
-Division of labour (architecture.md §11.4): the re-clustering callback decides *when* to
+Division of labour (docs/architecture.md §11.4): the re-clustering callback decides *when* to
 re-cluster and installs the new memories with :meth:`GURLitModule.set_memories`; this module
 owns the memories, the loss and the DDP-consistent memory update; the DataModule owns the
 loaders. The step:
 
 1. ``training_step``: both visible views and the infrared batch through the backbone in one call
-   (method.md §6.2), InfoNCE of each stream against its routed memory, weighted sum. The
+   (docs/method.md §6.2), InfoNCE of each stream against its routed memory, weighted sum. The
    detached fp32 features are stashed.
 2. Lightning runs backward and the optimizer step.
 3. ``on_train_batch_end``: the stashed features of every rank are gathered in rank order and
-   the memories are updated, visible stream first, then infrared (method.md §17.13). Every rank
+   the memories are updated, visible stream first, then infrared (docs/method.md §17.13). Every
+   rank
    applies the same update to the same rows, so memories stay bit-identical without
-   broadcasting buffers (architecture.md §11.5.4-5).
+   broadcasting buffers (docs/architecture.md §11.5.4-5).
 
 Because the update comes after the step, both streams' gradients use the pre-update memory,
-also when they share one (stage 3, and stage 2 after CMLU; method.md §6.2, §17.13).
+also when they share one (stage 3, and stage 2 after CMLU; docs/method.md §6.2, §17.13).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the phase and checkpoint."""
 
 
-#: Adam learning rate, weight decay and StepLR (step 20 GUR epochs, ×0.1), method.md §12.
+#: Adam learning rate, weight decay and StepLR (step 20 GUR epochs, ×0.1), docs/method.md §12.
 LR: float = 3.5e-4
 WEIGHT_DECAY: float = 5e-4
 LR_STEP_SIZE: int = 20
@@ -59,19 +60,19 @@ _MAX_PACKED_LABEL: int = 2**24
 
 
 class GURLitModule(L.LightningModule):
-    """ADC / GUR training module (method.md §6, §12, §18.2).
+    """ADC / GUR training module (docs/method.md §6, §12, §18.2).
 
     Args:
         backbone: Two-stream network with ``forward(x_visible, x_infrared) -> (f_v, f_i)``
             returning raw BN-neck features in train mode and L2-normalised ones in eval mode,
             e.g. :class:`~gur_lightning.models.backbone.DualStreamResNet`.
         lr: Adam learning rate before decay.
-        weight_decay: Adam's coupled L2 weight decay (``torch.optim.Adam``), method.md §12.
+        weight_decay: Adam's coupled L2 weight decay (``torch.optim.Adam``), docs/method.md §12.
         lr_step_size: Decay the learning rate every this many GUR epochs.
         lr_gamma: Decay factor.
         temperature: Memory temperature τ.
         memory_momentum: Weight of the OLD memory row in the update (0.1: 90 % new sample),
-            method.md §17.14.
+            docs/method.md §17.14.
         memory_update: ``"mean"`` (every sample in order, the reference) or ``"hard"``.
         loss_weight_visible: Weight of the visible InfoNCE term.
         loss_weight_infrared: Weight of the infrared InfoNCE term.
@@ -117,7 +118,7 @@ class GURLitModule(L.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         # Phase-local state: plain attributes, not buffers or submodules, so nothing is added to
         # the module tree after the trainer wraps it and nothing lands in checkpoints
-        # (architecture.md §10.8, method.md §18.2).
+        # (docs/architecture.md §10.8, docs/method.md §18.2).
         self._memories: dict[str, ClusterMemory] = {}
         self._routing: dict[str, str] = {}
         self._pending: list[tuple[str, Tensor, Tensor]] = []
@@ -139,11 +140,11 @@ class GURLitModule(L.LightningModule):
         Examples of ``(memories, routing)``: ADC phases ``({"visible": C_v, "infrared": C_i},
         {"visible": "visible", "infrared": "infrared"})``; stage 3 ``({"shared": C},
         {"visible": "shared", "infrared": "shared"})``; stage 2 after CMLU, visible samples carry
-        infrared labels and train against the infrared memory (method.md §9.3, §17.3).
+        infrared labels and train against the infrared memory (docs/method.md §9.3, §17.3).
 
         Args:
             memories: Name → ``(K, D)`` centroids; stored as L2-normalised fp32 rows on this
-                module's device (method.md §7.4).
+                module's device (docs/method.md §7.4).
             routing: Modality (``"visible"`` / ``"infrared"``) → memory name.
 
         Raises:
@@ -212,7 +213,7 @@ class GURLitModule(L.LightningModule):
     def memory_tensors(self) -> dict[str, Tensor]:
         """Copies of the current (trained) memory rows, ``name -> (K, D)`` fp32 unit rows.
 
-        The callback reads them as CAE prototypes (method.md §8, §17.7).
+        The callback reads them as CAE prototypes (docs/method.md §8, §17.7).
         """
         return {
             name: memory.features.clone()
@@ -235,7 +236,7 @@ class GURLitModule(L.LightningModule):
         self._apply_lr_schedule()
 
     def lr_at(self, gur_epoch: int) -> float:
-        """StepLR value at a GUR epoch: ``lr · gamma^(gur_epoch // step_size)`` (method.md §12)."""
+        """StepLR at a GUR epoch: ``lr · gamma^(gur_epoch // step_size)`` (docs/method.md §12)."""
         hp = self.hparams
         return float(hp["lr"] * hp["lr_gamma"] ** (gur_epoch // hp["lr_step_size"]))
 
@@ -250,11 +251,11 @@ class GURLitModule(L.LightningModule):
                 group["lr"] = lr
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam with coupled weight decay over the trainable parameters (method.md §12).
+        """Adam with coupled weight decay over the trainable parameters (docs/method.md §12).
 
         The frozen BN-neck bias is left out; memories are not parameters. The learning rate is
         set per GUR epoch in :meth:`on_train_epoch_start`, not by a Lightning scheduler, since a
-        Lightning epoch is one phase of a GUR epoch (method.md §17.22, §18.2).
+        Lightning epoch is one phase of a GUR epoch (docs/method.md §17.22, §18.2).
         """
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.Adam(
@@ -332,7 +333,7 @@ class GURLitModule(L.LightningModule):
     def training_step(
         self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int
     ) -> Tensor | None:
-        """One ADC step (method.md §6.2).
+        """One ADC step (docs/method.md §6.2).
 
         Args:
             batch: ``{"visible": {"img": (B,3,H,W), "img2": (B,3,H,W), "label": (B,)},
@@ -445,7 +446,7 @@ class GURLitModule(L.LightningModule):
         The stashed ``(features, labels)`` of both streams are packed into one fp32 matrix
         (stream id, label, features), all-gathered in rank order, and applied stream by stream:
         visible samples of rank 0, 1, ..., then infrared samples of rank 0, 1, ...
-        (architecture.md §11.5.4, method.md §17.13).
+        (docs/architecture.md §11.5.4, docs/method.md §17.13).
         """
         pending, self._pending = self._pending, []
         if not pending:
@@ -509,7 +510,7 @@ class GURLitModule(L.LightningModule):
         flip: bool = True,
         renormalize: bool = False,
     ) -> Tensor:
-        """Extracted features ``e(x) = ½(ẑ(x) + ẑ(flip_lr(x)))`` in eval mode (method.md §7.1).
+        """Features ``e(x) = ½(ẑ(x) + ẑ(flip_lr(x)))`` in eval mode (docs/method.md §7.1).
 
         Each image goes through the stem of its own modality; a mixed batch is split, run
         through the shared body in one call and put back in order. The module's train/eval
@@ -520,8 +521,9 @@ class GURLitModule(L.LightningModule):
             modality: ``"visible"`` / ``"infrared"`` (or 0 / 1) for the whole batch, or a
                 ``(B,)`` tensor / sequence of per-image modalities.
             flip: Average with the horizontally flipped image (the reference does).
-            renormalize: L2-normalise the average: ``True`` for test features (method.md §13.1),
-                ``False`` for clustering features (method.md §7.1).
+            renormalize: L2-normalise the average: ``True`` for test features (docs/method.md
+            §13.1),
+                ``False`` for clustering features (docs/method.md §7.1).
 
         Returns:
             ``(B, D)`` fp32 on this module's device.

@@ -2,14 +2,16 @@
 
 Every helper has a world = 1 fast path that needs no process group, so library code calls them
 unconditionally. Under DDP they use ``torch.distributed`` directly (not Lightning's
-``all_gather``, which adds a world dimension only when world > 1; architecture.md §10.4).
+``all_gather``, which adds a world dimension only when world > 1; docs/architecture.md §10.4).
 
 * :func:`gather_tensors` concatenates per-rank tensors in rank order (memory updates,
-  architecture.md §11.5.4): the order is fixed, so every rank applies the same update sequence.
+  docs/architecture.md §11.5.4): the order is fixed, so every rank applies the same update
+  sequence.
 * :func:`gather_by_index` assembles features extracted over sharded, possibly uneven
-  loaders into one ``(total, D)`` matrix (architecture.md §11.5.1).
+  loaders into one ``(total, D)`` matrix (docs/architecture.md §11.5.1).
 * :func:`broadcast_object` / :func:`broadcast_result` share rank 0's results (clustering on
-  rank 0 only, architecture.md §11.5.2); the latter turns an exception on rank 0 into an error on
+  rank 0 only, docs/architecture.md §11.5.2); the latter turns an exception on rank 0 into an error
+  on
   every rank instead of a hang.
 * :func:`average_buffers` makes the module buffers (BatchNorm running statistics) identical on
   every rank when DDP does not (``broadcast_buffers=False`` without ``SyncBatchNorm``, e.g. on
@@ -78,7 +80,8 @@ def gather_tensors(tensor: Tensor) -> Tensor:
     """Concatenate every rank's ``tensor`` along dim 0, in rank order, on every rank.
 
     Ranks may hold different numbers of rows: the rows are padded to the largest count before
-    ``all_gather`` (which requires equal shapes, architecture.md §10.4) and trimmed afterwards.
+    ``all_gather`` (which requires equal shapes, docs/architecture.md §10.4) and trimmed
+    afterwards.
 
     Args:
         tensor: ``(n_r, *S)`` on this rank; trailing shape ``S`` and dtype equal on all ranks.
@@ -105,7 +108,7 @@ def gather_by_index(features: Tensor, index: Tensor, total: int) -> Tensor:
     Each rank passes the rows it extracted and their global sample indices. Rows are padded to
     a common length with index −1 (dropped on arrival), gathered, and scattered by index, so
     the result is the same on every rank and independent of how the samples were sharded
-    (architecture.md §11.5.1). Duplicated indices (a padded sampler) are allowed; they are
+    (docs/architecture.md §11.5.1). Duplicated indices (a padded sampler) are allowed; they are
     expected to carry the same features and the last one in rank order wins.
 
     Args:
@@ -180,7 +183,7 @@ def broadcast_result(fn: Callable[[], T], src: int = 0) -> T:
     """Run ``fn`` on rank ``src`` only and share its result, or its failure, with every rank.
 
     If ``fn`` raises on the source rank, the other ranks raise :class:`RemoteError` instead of
-    waiting in a collective until the process-group timeout (architecture.md §10.5).
+    waiting in a collective until the process-group timeout (docs/architecture.md §10.5).
 
     Args:
         fn: A zero-argument callable returning a picklable result.

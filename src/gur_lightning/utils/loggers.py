@@ -15,7 +15,7 @@ CSV logger cannot, and the PNG files in the run folder are the record then.
 flat ``section.key`` names elsewhere, e.g. the CSV logger's ``hparams.yaml``).
 :func:`finish_loggers` flushes the loggers (metrics logged after ``fit``) and closes the W&B run;
 in a Hydra multirun it must run after every job, otherwise the next job's logger attaches to the
-still-open run (architecture.md §10 gotcha 11).
+still-open run (docs/architecture.md §10 gotcha 11).
 
 Resumed runs keep one record: :func:`continue_csv_record` makes the CSV logger continue the
 interrupted run's ``metrics.csv`` (appended in the same folder, copied into a new one) and
@@ -249,7 +249,7 @@ def finish_loggers(loggers: Logger | Iterable[Logger] | None | bool) -> None:
 
     Call it in a ``finally`` at the end of a job: metrics logged after ``fit`` (the test
     results) reach ``metrics.csv`` only when the CSV logger is saved again, and in a Hydra
-    multirun an unfinished W&B run would swallow the next job's metrics (architecture.md §10
+    multirun an unfinished W&B run would swallow the next job's metrics (docs/architecture.md §10
     gotcha 11, §11.11). Safe to call twice.
     """
     from lightning.pytorch.loggers import WandbLogger

@@ -1,4 +1,4 @@
-"""SynVI: the procedural visible-infrared benchmark (synthetic.md).
+"""SynVI: the procedural visible-infrared benchmark (docs/synthetic.md).
 
 SynVI writes pedestrian images in two modalities into **the raw on-disk layouts of SYSU-MM01,
 RegDB and LLCM**, so that the real readers, protocols and training loop run on it unchanged.

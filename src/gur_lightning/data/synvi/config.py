@@ -2,7 +2,7 @@
 
 Every number that shapes a SynVI tree lives in :class:`SynVIConfig`. A tree is identified by the
 resolved configuration (layout defaults, then the preset, then the caller's overrides), so two
-calls that spell the same configuration differently share one cache entry (synthetic.md,
+calls that spell the same configuration differently share one cache entry (docs/synthetic.md,
 "Properties it must have").
 """
 
@@ -12,10 +12,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-#: Layouts SynVI writes (synthetic.md, "Layouts it writes"; method.md §2).
+#: Layouts SynVI writes (docs/synthetic.md, "Layouts it writes"; docs/method.md §2).
 LAYOUTS: tuple[str, ...] = ("sysu", "regdb", "llcm")
 
-#: Difficulty presets (synthetic.md, "What follows for the generator").
+#: Difficulty presets (docs/synthetic.md, "What follows for the generator").
 PRESETS: tuple[str, ...] = ("easy", "default", "hard")
 
 #: Bumped whenever a change to the generator changes its output for equal parameters, so that
@@ -26,7 +26,7 @@ GENERATOR_VERSION = 2
 MIN_HEIGHT = 32
 MIN_WIDTH = 16
 
-#: SYSU-MM01 identity split 296 / 99 / 96 (method.md §2.1), used to split ``num_ids``.
+#: SYSU-MM01 identity split 296 / 99 / 96 (docs/method.md §2.1), used to split ``num_ids``.
 SYSU_SPLIT = (296, 99, 96)
 #: LLCM identity split 713 train / 351 test (the released data set).
 LLCM_SPLIT = (713, 351)
@@ -57,7 +57,7 @@ class SynVIConfig:
             the tree has n colour outfits and, independently, n thermal outfits; each identity
             wears one of each (with a small jitter), as many people wear the same black jacket
             and jeans. Colour and intensity then narrow a person down to a group, and identity
-            lives in the modality-invariant shape cues (synthetic.md).
+            lives in the modality-invariant shape cues (docs/synthetic.md).
         thermal_spread: Contrast multiplier of the garments' thermal values about their mean
             (1: as drawn; larger values separate the parts, and the person from the background,
             in infrared).
@@ -134,7 +134,8 @@ LAYOUT_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Difficulty knobs per preset. ``default`` follows the levers synthetic.md lists for a CPU demo
+#: Difficulty knobs per preset. ``default`` follows the levers docs/synthetic.md lists for a CPU
+#: demo
 #: (moderate clutter, low infrared noise, frequent silhouette cues, thermal values partly tied to
 #: material); ``hard`` keeps the research-grade difficulty of the first calibration study.
 PRESET_KNOBS: dict[str, dict[str, Any]] = {

@@ -3,7 +3,7 @@
 A tree is generated into a temporary sibling folder and renamed into place only when complete;
 its marker ``synvi.json`` (parameters, their hash and the file count) is written last. A second
 call with equal parameters finds the marker and returns at once; a folder holding anything that
-is not a SynVI tree is never overwritten (synthetic.md, "Properties it must have").
+is not a SynVI tree is never overwritten (docs/synthetic.md, "Properties it must have").
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ log = get_logger(__name__)
 MARKER_NAME = "synvi.json"
 #: Below this many images a worker pool costs more (process start-up) than it saves.
 POOL_MIN_IMAGES = 1500
-#: Default pool size: the target machines have two cores (synthetic.md, "Fast").
+#: Default pool size: the target machines have two cores (docs/synthetic.md, "Fast").
 DEFAULT_WORKERS = 2
 #: JPEG chroma subsampling, fixed (4:2:0) so that output bytes never depend on Pillow defaults.
 JPEG_SUBSAMPLING = 2

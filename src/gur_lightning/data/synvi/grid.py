@@ -1,7 +1,7 @@
 """Example grid of SynVI images: several identities across cameras, visible and infrared.
 
 ``python -m gur_lightning.data.synvi.grid --out docs/synvi_grid.png`` renders it for the README
-(synthetic.md, "Look at it"). Images are rendered in memory with the same code that writes
+(docs/synthetic.md, "Look at it"). Images are rendered in memory with the same code that writes
 trees, so the grid shows exactly what a tree contains (whether or not an identity is actually
 covered by a camera in a given tree).
 """

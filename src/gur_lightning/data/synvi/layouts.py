@@ -1,7 +1,7 @@
 """What a SynVI tree contains: cameras, identity splits, coverage, file names and list files.
 
-Each layout is written exactly as the real data set's raw tree (synthetic.md, "Layouts it
-writes"; method.md §2.1 and §2.3), so that the real readers load it with no special case:
+Each layout is written exactly as the real data set's raw tree (docs/synthetic.md, "Layouts it
+writes"; docs/method.md §2.1 and §2.3), so that the real readers load it with no special case:
 
 * ``sysu``: ``cam1 … cam6/NNNN/MMMM.jpg`` (visible cameras 1, 2, 4, 5; infrared 3, 6; cameras
   1-3 indoor, 4-6 outdoor) and ``exp/{train,val,test}_id.txt`` (one line of comma-separated
@@ -37,11 +37,11 @@ from gur_lightning.data.synvi.world import (
     rng_for,
 )
 
-#: Number of RegDB identity splits (trials), as in the real ``idx/`` folder (method.md §2.3).
+#: Number of RegDB identity splits (trials), as in the real ``idx/`` folder (docs/method.md §2.3).
 REGDB_TRIALS = 10
 #: SYSU-MM01 camera table: number -> (modality, indoor, scene key). Cameras 2 and 3 watch the
 #: same room, which is why the SYSU protocol drops camera-2 gallery images for camera-3 queries
-#: (method.md §13.2); they share a scene here for the same reason.
+#: (docs/method.md §13.2); they share a scene here for the same reason.
 SYSU_CAMERAS: dict[int, tuple[Modality, bool, int]] = {
     1: ("visible", True, 1),
     2: ("visible", True, 2),
@@ -176,7 +176,7 @@ def _coverage(
     cfg: SynVIConfig,
     training: bool,
 ) -> dict[Modality, list[int]]:
-    """Cameras in which ``pid`` appears, per modality (uneven coverage, synthetic.md).
+    """Cameras in which ``pid`` appears, per modality (uneven coverage, docs/synthetic.md).
 
     Every identity appears in at least one camera of each modality, except training identities
     drawn to miss a whole modality (``cfg.missing_modality_fraction``), as in SYSU-MM01.
@@ -199,7 +199,7 @@ def _coverage(
 
 
 def _sysu_plan(cfg: SynVIConfig, seed: int) -> Plan:
-    """SYSU-MM01 raw tree (method.md §2.1)."""
+    """SYSU-MM01 raw tree (docs/method.md §2.1)."""
     rng = rng_for(seed, TAG_SPLIT, LAYOUT_CODE["sysu"], 1)
     order = [int(p) for p in rng.permutation(np.arange(1, cfg.num_ids + 1))]
     n_train, n_val, n_test = split_counts(cfg.num_ids, SYSU_SPLIT)
@@ -225,7 +225,7 @@ def _sysu_plan(cfg: SynVIConfig, seed: int) -> Plan:
 
 
 def _regdb_plan(cfg: SynVIConfig, seed: int) -> Plan:
-    """RegDB raw tree (method.md §2.3): every identity in both modalities, ten splits."""
+    """RegDB raw tree (docs/method.md §2.3): every identity in both modalities, ten splits."""
     jobs = []
     files: dict[tuple[int, Modality], list[str]] = {}
     for pid in range(1, cfg.num_ids + 1):

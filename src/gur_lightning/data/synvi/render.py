@@ -6,7 +6,7 @@ resolution, then coloured by a look-up table: visible colours from the identity'
 the camera's illumination and white balance, or infrared intensities from its thermal values
 under the camera's gain and tone curve. The geometry, and therefore every silhouette and pattern
 cue, is thus identical in both modalities, while colour never crosses the modality gap
-(synthetic.md, "Why it must be hard in the right way").
+(docs/synthetic.md, "Why it must be hard in the right way").
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ IR_BODY_SHADING = 0.1
 
 
 class _Pose:
-    """Per-image pose: arm angles, stride and small lean (synthetic.md, per-image variation)."""
+    """Per-image pose: arm angles, stride, small lean (docs/synthetic.md, per-image variation)."""
 
     def __init__(self, rng: np.random.Generator, jitter: float) -> None:
         self.arm = np.clip(0.07 + 0.05 * jitter * rng.standard_normal(2), -0.04, 0.35)
@@ -515,7 +515,7 @@ def _pattern_mask(b: _Body, view: int, u: np.ndarray, v: np.ndarray) -> np.ndarr
         return np.abs((v - b.sy - 0.5 * span) - slope * u) < 0.025 + 0.03 * s.pattern_duty
     if s.pattern == PATTERN_LOGO:
         if view != VIEW_FRONT:
-            return None  # a logo is only seen from the front (synthetic.md)
+            return None  # a logo is only seen from the front (docs/synthetic.md)
         r = s.logo_size * 0.45 * b.sh
         du, dv = u - s.logo_pos * 0.45 * b.sh, v - (b.sy + 0.3 * span)
         if s.logo_shape == LOGO_CIRCLE:
@@ -645,7 +645,7 @@ def render_image(world: World, pid: int, cam: int, modality: Modality, index: in
 
     Returns:
         The written image, shape ``(H, W, 3)`` uint8; infrared images have three equal
-        channels, as in SYSU-MM01 and RegDB (synthetic.md).
+        channels, as in SYSU-MM01 and RegDB (docs/synthetic.md).
     """
     camera = world.cameras[cam]
     if modality not in camera.modalities:

@@ -2,9 +2,9 @@
 
 Everything here is drawn from ``numpy.random.default_rng`` streams keyed by the seed and a tag
 (:func:`rng_for`), never from a shared global stream, so that any image can be rendered in any
-order or process and still come out the same (synthetic.md, "Properties it must have").
+order or process and still come out the same (docs/synthetic.md, "Properties it must have").
 
-Identity follows synthetic.md, "Why it must be hard in the right way": a :class:`Shape` holds
+Identity follows docs/synthetic.md, "Why it must be hard in the right way": a :class:`Shape` holds
 the modality-invariant cues (body proportions, garment silhouettes, carried objects, hats,
 pattern geometry); an :class:`Appearance` holds the visible colours and, independently of them,
 the thermal intensities, which are partly tied to the garment material.
@@ -117,7 +117,7 @@ HAIR_COLOURS = np.array(
     [(0.06, 0.05, 0.05), (0.22, 0.14, 0.08), (0.45, 0.30, 0.16), (0.80, 0.68, 0.40)]
 )
 #: Thermal base intensity of each material (warm thin cotton ... cold padded down). Infrared
-#: intensity follows material, not colour (synthetic.md: "skin warm, garments by material").
+#: intensity follows material, not colour (docs/synthetic.md: "skin warm, garments by material").
 MATERIAL_THERMAL = np.array([0.64, 0.52, 0.40, 0.24, 0.44, 0.30, 0.36])
 COTTON, SYNTHETIC, WOOL, PADDED, DENIM, LEATHER, CANVAS = range(7)
 #: Materials each garment part may be made of.
@@ -447,7 +447,8 @@ def build_identities(seed: int, pids: list[int], cfg: SynVIConfig) -> dict[int, 
     """Draw every identity, then pair some into colour twins and shape twins.
 
     Colour twins share all visible colours but not shape; shape twins share all shape cues but
-    not colours or thermal values, so that neither cue alone identifies a person (synthetic.md).
+    not colours or thermal values, so that neither cue alone identifies a person
+    (docs/synthetic.md).
 
     Args:
         seed: Tree seed.
@@ -632,7 +633,7 @@ def build_camera(
     scene_key: int,
     cfg: SynVIConfig,
 ) -> Camera:
-    """Draw a camera's viewpoint and sensor response (synthetic.md, "Cameras differ").
+    """Draw a camera's viewpoint and sensor response (docs/synthetic.md, "Cameras differ").
 
     Args:
         seed: Tree seed.
