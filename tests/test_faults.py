@@ -1,4 +1,4 @@
-"""Bad input and faults (issue 6): each gives a clear error or a logged recovery.
+"""Bad input and faults: each gives a clear error or a logged recovery.
 
 Runs go through ``train(cfg)`` with the smoke experiment on a small SynVI tree in the SYSU-MM01
 layout, broken on purpose in a copy: missing root or list file, a corrupt image, empty cameras,
