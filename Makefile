@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 export WANDB_MODE ?= disabled
 
-.PHONY: help install demo test test-full bench lint format clean results results-recipes
+.PHONY: help install demo test test-full bench lint format clean results results-recipes gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ format: $(STAMP) ## apply ruff fixes and formatting
 clean: ## remove the venv, caches and generated outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info outputs logs bench_results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+gpu-check: $(STAMP) ## the README's GPU checks (needs a CUDA GPU); logs and figures in gpu_checks/
+	PY=$(PY) bash tools/gpu_checks.sh
 
 results: $(STAMP) ## every row of the README's SynVI table, 3 seeds each (about 2.5 h on 2 cores); results/synvi/table.md
 	$(PY) -m gur_lightning.results --out results/synvi --jobs 2 eval.within_modality=true

@@ -45,7 +45,9 @@ def _steps(
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=3.5e-4)
     mem = {name: ClusterMemory(c, momentum=0.1) for name, c in memories.items()}
     out = []
+    sync = torch.cuda.synchronize if batch["x_v"].is_cuda else (lambda: None)
     for _ in range(n_steps):
+        sync()
         wall, cpu = time.perf_counter(), time.process_time()
         f_v, f_i = net(batch["x_v"], batch["x_i"])
         loss, _ = adc_loss(
@@ -56,6 +58,7 @@ def _steps(
         optimizer.step()
         mem["visible"].update(f_v.detach(), batch["y_v"])
         mem["infrared"].update(f_i.detach(), batch["y_i"])
+        sync()
         out.append((time.perf_counter() - wall, time.process_time() - cpu))
     return out
 
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU, when there is one)")
     args = parser.parse_args(argv)
     if min(args.steps, args.rounds, args.visible, args.infrared) < 1 or args.warmup < 0:
         parser.error("--steps, --rounds, --visible, --infrared must be >= 1, --warmup >= 0")
@@ -83,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"--replicas {args.replicas}: need R >= 2 dividing 2 x --visible and --infrared"
         )
 
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     plain = DualStreamResNet(args.depth)
     replicated = DualStreamResNet(args.depth, bn_replicas=args.replicas)
     replicated.load_state_dict(copy.deepcopy(plain.state_dict()))
+    plain.to(device)
+    replicated.to(device)
     shape = (3, args.height, args.width)
     y_v = torch.randint(0, args.clusters, (args.visible,), generator=g)
     batch = {
@@ -100,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     dim = plain.feature_dim
     memories = {m: torch.randn(args.clusters, dim, generator=g) for m in ("visible", "infrared")}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    memories = {k: v.to(device) for k, v in memories.items()}
     measured: dict[str, list[tuple[float, float]]] = {"r1": [], "rR": []}
     n = args.warmup + args.steps
     for _ in range(args.rounds):
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = 2 * args.visible + args.infrared
     record = {
         "bench": "replicas",
-        "device": "cpu",
+        "device": str(device),
         "threads": args.threads,
         "depth": args.depth,
         "input": [args.height, args.width],
