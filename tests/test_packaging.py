@@ -135,7 +135,7 @@ def test_wheel_holds_every_config_and_both_commands(wheel):
     packaged = {n.removeprefix("gur_lightning/") for n in names if n.startswith("gur_lightning/")}
     missing = _source_configs() - packaged
     assert not missing, sorted(missing)
-    assert "gur-train = gur_lightning.train:main" in scripts
+    assert "gur-train = gur_lightning.train:cli" in scripts
     assert "gur-evaluate = gur_lightning.evaluate:main" in scripts
 
 
