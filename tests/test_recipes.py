@@ -102,9 +102,9 @@ def test_unknown_recipe_is_refused():
 # ------------------------------------------------------------------- global batch per rank
 
 
-def _labelled(num_ids: int, per_id: int = 4) -> LabelledSet:
+def _labelled(num_ids: int, per_id: int = 4, modality: str = "infrared") -> LabelledSet:
     samples = [
-        Sample(path=f"{i}_{j}.jpg", pid=i, camid=1 + j % 2, modality="infrared")
+        Sample(path=f"{modality}{i}_{j}.jpg", pid=i, camid=1 + j % 2, modality=modality)
         for i in range(num_ids)
         for j in range(per_id)
     ]
@@ -143,15 +143,6 @@ def test_a_shrunk_batch_keeps_the_replica_chunks_equal(monkeypatch):
     assert _dm(bn_replicas=4)._phase_batch_size(_labelled(7), "visible", 16, 0) == 14
 
 
-def _visible(num_ids: int, per_id: int = 4) -> LabelledSet:
-    samples = [
-        Sample(path=f"v{i}_{j}.jpg", pid=i, camid=1 + j % 2, modality="visible")
-        for i in range(num_ids)
-        for j in range(per_id)
-    ]
-    return LabelledSet.from_labels(samples, np.repeat(np.arange(num_ids), per_id))
-
-
 def test_paired_ranks_hold_the_two_views_of_the_same_visible_images(monkeypatch):
     # R = 4 on 4 processes: one replica per rank, so ranks r and r + 2 share visible images.
     dm = _dm(visible_batch_size=8, infrared_batch_size=8, bn_replicas=4, num_workers=0)
@@ -165,7 +156,9 @@ def test_paired_ranks_hold_the_two_views_of_the_same_visible_images(monkeypatch)
     drawn, datasets = {}, {}
     for rank in range(4):
         monkeypatch.setattr(dm_module, "get_rank", lambda rank=rank: rank)
-        dm.set_pseudo_labels(_visible(16), _labelled(16), num_batches=3, phase_index=0)
+        dm.set_pseudo_labels(
+            _labelled(16, modality="visible"), _labelled(16), num_batches=3, phase_index=0
+        )
         # Per rank: 8 visible images over 2 shards (one view each), 8 infrared over 4 ranks.
         assert dm._batch_sizes == {"visible": 4, "infrared": 2}
         loaders = {m: dm._train_loader(m, rank) for m in ("visible", "infrared")}

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from gur_lightning.bench.training import add_step_arguments
 from gur_lightning.models import ClusterMemory, DualStreamResNet, adc_loss
 
 __all__ = ["DEFAULT_ARGS", "main"]
@@ -66,12 +67,7 @@ def _steps(
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark, print one JSON line and return the same record."""
     parser = argparse.ArgumentParser(prog="gur_lightning.bench replicas", description=__doc__)
-    parser.add_argument("--depth", type=int, default=18, choices=(18, 34, 50))
-    parser.add_argument("--height", type=int, default=96)
-    parser.add_argument("--width", type=int, default=48)
-    parser.add_argument("--visible", type=int, default=32, help="visible images (×2 views)")
-    parser.add_argument("--infrared", type=int, default=64, help="infrared images")
-    parser.add_argument("--clusters", type=int, default=32, help="memory rows per modality")
+    add_step_arguments(parser)
     parser.add_argument("--replicas", type=int, default=4, help="R, compared with R = 1")
     parser.add_argument("--steps", type=int, default=4, help="measured steps per round")
     parser.add_argument("--warmup", type=int, default=1, help="dropped steps per round")

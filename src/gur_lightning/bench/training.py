@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from gur_lightning.models import ClusterMemory, DualStreamResNet, GURLitModule, adc_loss
 
-__all__ = ["DEFAULT_ARGS", "main"]
+__all__ = ["DEFAULT_ARGS", "add_step_arguments", "main"]
 
 #: ``make bench``: ResNet-18 at 96×48 on CPU, fp32 and bf16 autocast (about 2 minutes on 2
 #: idle cores). The bf16 run uses half the batch: on CPUs without native bf16 (no AMX /
@@ -175,15 +175,20 @@ def _plain_run(
     return _intervals(stamps)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark, print one JSON line and return the same record."""
-    parser = argparse.ArgumentParser(prog="gur_lightning.bench training", description=__doc__)
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The network and batch options shared by the training-step benchmarks."""
     parser.add_argument("--depth", type=int, default=18, choices=(18, 34, 50))
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=48)
     parser.add_argument("--visible", type=int, default=32, help="visible images (×2 views)")
     parser.add_argument("--infrared", type=int, default=64, help="infrared images")
     parser.add_argument("--clusters", type=int, default=32, help="memory rows per modality")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, print one JSON line and return the same record."""
+    parser = argparse.ArgumentParser(prog="gur_lightning.bench training", description=__doc__)
+    add_step_arguments(parser)
     parser.add_argument("--precision", choices=("32", "bf16"), default="32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per run")
