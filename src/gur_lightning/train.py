@@ -14,6 +14,7 @@ stopped (see :mod:`gur_lightning.callbacks.recluster`).
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import logging
@@ -377,6 +378,28 @@ def prepare_data_once(dm: VIReIDDataModule) -> None:
         dm.wait_until_prepared()
 
 
+def _destroy_process_group() -> None:
+    """Destroy this process's default process group, if it still exists (an exit hook)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class ProcessGroupAtExit(Callback):
+    """Destroy a spawned worker's gloo process group before the interpreter shuts down.
+
+    Lightning registers this exit hook for NCCL only. Without it a gloo process group is torn
+    down during interpreter shutdown, and a worker that exits while its peer still holds the
+    group can abort with "terminate called without an active exception" after training has
+    finished (seen in about one run in three of the 2-process CPU DDP tests).
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Register the exit hook once per process."""
+        if not getattr(self, "_registered", False):
+            atexit.register(_destroy_process_group)
+            self._registered = True
+
+
 class SpawnedWorkerLogging(Callback):
     """Give spawned DDP workers the parent's log level and log files.
 
@@ -675,7 +698,7 @@ def _train(
     strategy_cfg = cfg.trainer.get("strategy")
     start = strategy_cfg.get("start_method", "") if isinstance(strategy_cfg, DictConfig) else ""
     if "spawn" in str(start or strategy_cfg):
-        callbacks.append(SpawnedWorkerLogging())
+        callbacks += [SpawnedWorkerLogging(), ProcessGroupAtExit()]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(PhaseProgressBar(phases))
     validation = None
