@@ -253,6 +253,19 @@ def test_real_tree_is_compared_with_the_published_figures(trees, tmp_path, caplo
     assert "2,060" in caplog.text
 
 
+def test_llcm_tree_is_compared_with_its_published_identity_count(trees, tmp_path) -> None:
+    root = _copy(trees, "llcm", tmp_path)
+    (root / MARKER_NAME).unlink()
+    ds = _load("llcm", root)
+    report = check_dataset(ds, progress=False)
+    found = {d.figure: (d.expected, d.found) for d in report.differences}
+    # LLCM: 1,064 identities over training and test; the tiny tree has its own few.
+    ids = {s.pid for s in ds.train} | {
+        s.pid for m in ("visible", "infrared") for s in ds.test_samples(m)
+    }
+    assert found["identities"] == (1064, len(ids))
+
+
 def test_missing_protocol_camera_is_an_error(trees, tmp_path) -> None:
     root = _copy(trees, "sysu", tmp_path)
     (root / MARKER_NAME).unlink()
