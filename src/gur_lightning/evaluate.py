@@ -8,10 +8,9 @@
 ``untrained`` (the configured network at its initialisation, seeded) or ``raw_pixels`` (the
 eval-resized image flattened and L2-normalised: the floor of a benchmark). The protocols are those
 of docs/method.md §13: SYSU-MM01 all- and indoor-search over ten gallery draws, RegDB both
-directions
-for the configured trial, LLCM both directions over ten draws. The table (mean ± std) is logged
-and ``metrics.json`` is written in the run folder. No test-set model selection happens here: a
-checkpoint is evaluated as given.
+directions for the configured trial, LLCM both directions over ten draws. The table (mean ± std) is
+logged and ``metrics.json`` is written in the run folder. No test-set model selection happens here:
+a checkpoint is evaluated as given.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """GUR's bottom-up stage schedule: every GUR epoch expanded into re-clustered training phases.
 
 GUR (ICCV 2023, "bottom-up domain learning"; docs/method.md §10-11) re-clusters several times
-inside
-each epoch: per camera (stage 1, intra-camera), per modality on camera-level cross-memory
+inside each epoch: per camera (stage 1, intra-camera), per modality on camera-level cross-memory
 association embeddings (stage 2, inter-camera, with cross-modality label unification from a set
 epoch), then jointly on modality-level embeddings (stage 3, inter-modality, until a set epoch).
 ADCA (docs/method.md §14) is the special case with only per-modality clustering on raw features.

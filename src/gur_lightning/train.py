@@ -1,10 +1,9 @@
 """Training entry point: ``python -m gur_lightning.train +experiment=NAME [overrides]``.
 
 The flow (docs/architecture.md §11.3): compose and validate the config, seed, read the data set,
-expand
-the stage schedule into phases (one Lightning epoch each), build the module, the callbacks and the
-trainer, fit, evaluate the last-epoch weights with the data set's official protocols, and write
-``metrics.json`` beside the resolved ``config.yaml`` in the Hydra run folder.
+expand the stage schedule into phases (one Lightning epoch each), build the module, the callbacks
+and the trainer, fit, evaluate the last-epoch weights with the data set's official protocols, and
+write ``metrics.json`` beside the resolved ``config.yaml`` in the Hydra run folder.
 
 Multi-process training (docs/architecture.md §10-11): ``trainer=ddp`` (GPUs, Lightning re-launches
 this script once per extra device) and ``trainer=ddp_cpu`` (two CPU processes spawned by
@@ -738,8 +737,8 @@ def _train(
         )
     finally:
         # Test metrics logged after fit reach metrics.csv only when the logger is saved again,
-        # and an unfinished W&B run would swallow the next multirun job (docs/architecture.md
-        # §10.11).
+        # and an unfinished W&B run would swallow the next multirun job
+        # (docs/architecture.md §10.11).
         finish_loggers(logger or None)
 
 

@@ -11,9 +11,8 @@ the start of each epoch, after the previous epoch-end hooks; docs/architecture.m
 
 Under DDP every rank extracts features for its shard, rank 0 clusters, and the labels and
 centroids are broadcast, so every rank installs bit-identical memories (docs/architecture.md
-§11.5).
-A clustering that fails on rank 0 is broadcast as an error: a usable-clustering failure skips
-the phase on every rank, anything else is raised on every rank (no rank waits for a broadcast
+§11.5). A clustering that fails on rank 0 is broadcast as an error: a usable-clustering failure
+skips the phase on every rank, anything else is raised on every rank (no rank waits for a broadcast
 that never comes).
 
 Resume (docs/method.md §18.2: one Lightning epoch per phase, checkpoints at phase ends). The

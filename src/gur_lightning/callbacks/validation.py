@@ -4,10 +4,9 @@
 for comparison with published tables only (``recipe=official``).
 
 The official code picks its "best" checkpoint by mAP on the *test* set (docs/method.md §17.12). We
-never
-do that by default: the reported numbers are the last epoch's, and this callback, when enabled,
-scores a validation split (SYSU-MM01: the val identities; RegDB/LLCM: a held-out part of the
-training identities, ``data.holdout_val=true``) and keeps the best-scoring weights as
+never do that by default: the reported numbers are the last epoch's, and this callback, when
+enabled, scores a validation split (SYSU-MM01: the val identities; RegDB/LLCM: a held-out part of
+the training identities, ``data.holdout_val=true``) and keeps the best-scoring weights as
 ``best_val.ckpt``. Note that SYSU-MM01's official training set includes its val identities; use
 ``data.holdout_val=true`` for a selection on identities never trained on.
 """

@@ -3,8 +3,7 @@
 The reference runs ``sklearn.cluster.DBSCAN(eps, min_samples=4, metric="precomputed")`` on the
 dense N x N matrix. DBSCAN only needs each point's neighbours within ``eps``, so the labels are
 computed here from the sparse graph of the pairs with ``d <= eps`` (docs/performance.md, technique
-8),
-with scikit-learn's exact semantics:
+8), with scikit-learn's exact semantics:
 
 * ``j`` is a neighbour of ``i`` iff ``d(i, j) <= eps``, the point itself included only if its own
   distance is (scikit-learn's sparse input path would always re-insert the diagonal, which

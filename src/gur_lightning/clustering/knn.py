@@ -17,14 +17,12 @@ are gaps between squared distances):
 * faiss (optional dependency): ``IndexFlatL2``, on GPU only when ``faiss.get_num_gpus() > 0``.
 
 Then a near-tie guard (docs/performance.md, technique 4): float32 may order a near-tie at a
-boundary
-differently from exact arithmetic, so every row whose key gap at a boundary is below
-``tie_tolerance`` is re-ranked with float64 distances ``sum((x_i - x_j)^2)`` (exact duplicates
-tie exactly and fall back to index order). Optionally, candidates are first proposed by a
-low-precision (bf16 / fp16) product, rescored exactly in float32 and certified by a per-row error
-bound; rows that fail the certificate are recomputed exactly (docs/performance.md, technique 3).
-Both
-options keep the neighbour sets equal to the float64 ones.
+boundary differently from exact arithmetic, so every row whose key gap at a boundary is below
+``tie_tolerance`` is re-ranked with float64 distances ``sum((x_i - x_j)^2)`` (exact duplicates tie
+exactly and fall back to index order). Optionally, candidates are first proposed by a low-precision
+(bf16 / fp16) product, rescored exactly in float32 and certified by a per-row error bound; rows
+that fail the certificate are recomputed exactly (docs/performance.md, technique 3). Both options
+keep the neighbour sets equal to the float64 ones.
 """
 
 from __future__ import annotations
@@ -917,8 +915,7 @@ def exact_knn(
     """The ``k`` nearest neighbours of every point by squared Euclidean distance, self included.
 
     Implements the kNN of docs/method.md §7.2 step 1 (the reference's faiss ``IndexFlatL2``
-    search),
-    made exact at the boundaries that matter (see the module docstring).
+    search), made exact at the boundaries that matter (see the module docstring).
 
     Args:
         features: (N, D) torch tensor (CPU or CUDA) or numpy array; need not be unit-norm.

@@ -2,9 +2,9 @@
 
 Implements docs/method.md §2.1 / §2.3 (raw layouts) and §13.2 / §13.3 (evaluation protocols), and
 the LLCM layout of docs/synthetic.md "Layouts it writes". The readers read the data sets as
-distributed
-(and SynVI trees, which use the same layouts) directly: nothing is converted or copied, the
-Market-style ``prepare_*.py`` trees of the official code (docs/method.md §2.2, §2.4) are not used.
+distributed (and SynVI trees, which use the same layouts) directly: nothing is converted or copied,
+the Market-style ``prepare_*.py`` trees of the official code (docs/method.md §2.2, §2.4) are not
+used.
 
 Listing a split never opens an image; a corrupt file is reported by :func:`read_image` when the
 input pipeline reads it. Every listing goes through :func:`os.scandir` and each folder is listed
@@ -55,9 +55,9 @@ SYSU_INFRARED_CAMERAS: tuple[int, ...] = (3, 6)
 #: Query cameras of both SYSU-MM01 settings and gallery cameras per setting (docs/method.md §13.2).
 SYSU_QUERY_CAMERAS: tuple[int, ...] = (3, 6)
 SYSU_GALLERY_CAMERAS: dict[str, tuple[int, ...]] = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
-#: RegDB has one camera per modality (a co-located visible/thermal pair); we number them 1 and 2,
-#: as the official evaluation does (docs/method.md §13.3), so no camera filter ever removes a
-#: match.
+#: RegDB has one camera per modality (a co-located visible/thermal pair); we number them 1
+#: and 2, as the official evaluation does (docs/method.md §13.3), so no camera filter ever
+#: removes a match.
 REGDB_CAMERA: dict[str, int] = {"visible": 1, "infrared": 2}
 #: LLCM folders per modality and the direction codes of its protocol.
 LLCM_TEST_FOLDER: dict[str, str] = {"visible": "test_vis", "infrared": "test_nir"}

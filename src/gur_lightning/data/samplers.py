@@ -2,11 +2,10 @@
 
 ``IdentitySampler`` re-implements the reference's ``RandomMultipleGallerySampler`` (docs/method.md
 §5.1) for DDP, following docs/architecture.md §10.2 and §11.6: every rank derives the same global
-plan
-from ``(seed, epoch)`` alone and takes a disjoint slice of identities at every step, so Lightning
-must be run with ``use_distributed_sampler=False``. ``ShardSampler`` splits inference sets into
-contiguous unpadded shards so that no query or gallery image is counted twice (docs/architecture.md
-§10.3).
+plan from ``(seed, epoch)`` alone and takes a disjoint slice of identities at every step, so
+Lightning must be run with ``use_distributed_sampler=False``. ``ShardSampler`` splits inference
+sets into contiguous unpadded shards so that no query or gallery image is counted twice
+(docs/architecture.md §10.3).
 """
 
 from __future__ import annotations

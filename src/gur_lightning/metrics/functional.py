@@ -2,9 +2,8 @@
 
 The numbers must match published tables, so every function here reproduces the evaluation code
 that GUR ships (``eval_sysu`` / ``eval_regdb`` of the AGW cross-modal baseline, docs/method.md
-§13.2
-and §13.3) and DEEN's ``eval_llcm``, quirks included, but without a per-query Python loop: all
-queries of a chunk are ranked and scored at once with array operations.
+§13.2 and §13.3) and DEEN's ``eval_llcm``, quirks included, but without a per-query Python loop:
+all queries of a chunk are ranked and scored at once with array operations.
 
 Shared definitions (docs/method.md §13; Ye et al., "Deep Learning for Person Re-identification: A
 Survey and Outlook", for mINP):
@@ -30,8 +29,7 @@ Decisions (documented deviations or clarifications; each is tested):
 * **Invalid queries in the de-duplicated CMC.** The official ``eval_sysu`` appends the
   de-duplicated CMC row of *every* query, then divides the sum by the number of valid queries
   only (docs/method.md §13.2). An invalid query's row is all zeros (its identity never appears in
-  the
-  kept list), so the quirk is numerically the same as skipping it; this is what we compute.
+  the kept list), so the quirk is numerically the same as skipping it; this is what we compute.
 * **``max_rank`` beyond the list length.** The official code lowers ``max_rank`` to G (with a
   printed note) and breaks or shortens the curve when a kept or de-duplicated list is shorter
   than ``max_rank``. We always return ``max_rank`` values: a valid query's first match is inside

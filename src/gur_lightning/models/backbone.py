@@ -2,11 +2,10 @@
 
 The reference builds three ImageNet ResNet-50 copies and uses only the stems (conv1, bn1, relu,
 maxpool) of two of them and layer1-4 of the third (docs/method.md §3). Here the stems are built
-from
-conv1/bn1 only, which is the same function without the unused parameters (docs/method.md §17.21).
-Both modalities pass the shared body in ONE call, so BatchNorm statistics are computed over the
-visible and infrared images together, as on a single reference replica (docs/method.md §3, §17.15).
-With ``bn_replicas = R > 1`` every BatchNorm normalises per virtual DataParallel replica
+from conv1/bn1 only, which is the same function without the unused parameters (docs/method.md
+§17.21). Both modalities pass the shared body in ONE call, so BatchNorm statistics are computed
+over the visible and infrared images together, as on a single reference replica (docs/method.md §3,
+§17.15). With ``bn_replicas = R > 1`` every BatchNorm normalises per virtual DataParallel replica
 (:mod:`gur_lightning.models.replica_bn`), as the reference's four GPUs did.
 """
 

@@ -155,8 +155,8 @@ class ClusterMemory:
             ``(B, K)`` ``norm(f) M^T / τ`` in fp32 (fp64 for fp64 features).
         """
         memory = self._rows_for(features)
-        # τ = 0.05 multiplies the cosines by 20: keep this matmul out of bf16 (docs/method.md
-        # §18.2).
+        # τ = 0.05 multiplies the cosines by 20: keep this matmul out of bf16
+        # (docs/method.md §18.2).
         with torch.autocast(device_type=features.device.type, enabled=False):
             q = F.normalize(at_least_fp32(features), dim=1)
             return q @ memory.to(q.dtype).t() / self.temperature
@@ -187,8 +187,7 @@ class ClusterMemory:
             return
         # Out of place: the previous tensor may still be saved by an autograd graph
         # (docs/architecture.md §10.9) or, after ddp_spawn pickled the module, live in memory
-        # shared
-        # with the other ranks, which would then see each other's updates.
+        # shared with the other ranks, which would then see each other's updates.
         memory = current.clone()
         with torch.autocast(device_type=features.device.type, enabled=False):
             q = F.normalize(features.detach().float(), dim=1)

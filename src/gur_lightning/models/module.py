@@ -11,8 +11,7 @@ loaders. The step:
 2. Lightning runs backward and the optimizer step.
 3. ``on_train_batch_end``: the stashed features of every rank are gathered in rank order and
    the memories are updated, visible stream first, then infrared (docs/method.md §17.13). Every
-   rank
-   applies the same update to the same rows, so memories stay bit-identical without
+   rank applies the same update to the same rows, so memories stay bit-identical without
    broadcasting buffers (docs/architecture.md §11.5.4-5).
 
 Because the update comes after the step, both streams' gradients use the pre-update memory,
@@ -521,9 +520,8 @@ class GURLitModule(L.LightningModule):
             modality: ``"visible"`` / ``"infrared"`` (or 0 / 1) for the whole batch, or a
                 ``(B,)`` tensor / sequence of per-image modalities.
             flip: Average with the horizontally flipped image (the reference does).
-            renormalize: L2-normalise the average: ``True`` for test features (docs/method.md
-            §13.1),
-                ``False`` for clustering features (docs/method.md §7.1).
+            renormalize: L2-normalise the average: ``True`` for test features
+                (docs/method.md §13.1), ``False`` for clustering features (docs/method.md §7.1).
 
         Returns:
             ``(B, D)`` fp32 on this module's device.

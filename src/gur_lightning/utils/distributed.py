@@ -5,14 +5,13 @@ unconditionally. Under DDP they use ``torch.distributed`` directly (not Lightnin
 ``all_gather``, which adds a world dimension only when world > 1; docs/architecture.md §10.4).
 
 * :func:`gather_tensors` concatenates per-rank tensors in rank order (memory updates,
-  docs/architecture.md §11.5.4): the order is fixed, so every rank applies the same update
-  sequence.
+  docs/architecture.md §11.5.4): the order is fixed, so every rank applies the same
+  update sequence.
 * :func:`gather_by_index` assembles features extracted over sharded, possibly uneven
   loaders into one ``(total, D)`` matrix (docs/architecture.md §11.5.1).
 * :func:`broadcast_object` / :func:`broadcast_result` share rank 0's results (clustering on
   rank 0 only, docs/architecture.md §11.5.2); the latter turns an exception on rank 0 into an error
-  on
-  every rank instead of a hang.
+  on every rank instead of a hang.
 * :func:`average_buffers` makes the module buffers (BatchNorm running statistics) identical on
   every rank when DDP does not (``broadcast_buffers=False`` without ``SyncBatchNorm``, e.g. on
   CPU where ``SyncBatchNorm`` is unavailable).
@@ -80,8 +79,8 @@ def gather_tensors(tensor: Tensor) -> Tensor:
     """Concatenate every rank's ``tensor`` along dim 0, in rank order, on every rank.
 
     Ranks may hold different numbers of rows: the rows are padded to the largest count before
-    ``all_gather`` (which requires equal shapes, docs/architecture.md §10.4) and trimmed
-    afterwards.
+    ``all_gather`` (which requires equal shapes, docs/architecture.md §10.4) and
+    trimmed afterwards.
 
     Args:
         tensor: ``(n_r, *S)`` on this rank; trailing shape ``S`` and dtype equal on all ranks.

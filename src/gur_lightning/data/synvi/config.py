@@ -135,9 +135,8 @@ LAYOUT_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 #: Difficulty knobs per preset. ``default`` follows the levers docs/synthetic.md lists for a CPU
-#: demo
-#: (moderate clutter, low infrared noise, frequent silhouette cues, thermal values partly tied to
-#: material); ``hard`` keeps the research-grade difficulty of the first calibration study.
+#: demo (moderate clutter, low infrared noise, frequent silhouette cues, thermal values partly tied
+#: to material); ``hard`` keeps the research-grade difficulty of the first calibration study.
 PRESET_KNOBS: dict[str, dict[str, Any]] = {
     "easy": {
         "cue_rate": 0.9,

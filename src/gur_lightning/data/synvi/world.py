@@ -447,8 +447,8 @@ def build_identities(seed: int, pids: list[int], cfg: SynVIConfig) -> dict[int, 
     """Draw every identity, then pair some into colour twins and shape twins.
 
     Colour twins share all visible colours but not shape; shape twins share all shape cues but
-    not colours or thermal values, so that neither cue alone identifies a person
-    (docs/synthetic.md).
+    not colours or thermal values, so that neither cue alone identifies a person (see
+    docs/synthetic.md).
 
     Args:
         seed: Tree seed.
