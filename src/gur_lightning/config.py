@@ -12,6 +12,7 @@ checked right after, before anything is built.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -406,25 +407,46 @@ def paired_visible_views(bn_replicas: int, world: int) -> bool:
     return world > 1 and local % 2 == 1 and world % 2 == 0
 
 
+def named_device_count(devices: Any) -> int | None:
+    """Devices per node that a ``trainer.devices`` value names (Lightning's rules).
+
+    Args:
+        devices: A count, a list of device ids, a ``"0,1"`` string, or ``auto`` / -1 / None.
+
+    Returns:
+        The count, or None for ``auto``, -1 and None (decided by the machine at run time).
+
+    Raises:
+        ValueError: When the value is none of these.
+    """
+    if devices is None:
+        return None
+    if OmegaConf.is_list(devices) or (
+        isinstance(devices, Sequence) and not isinstance(devices, str)
+    ):
+        return len(devices)
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return None
+    if "," in text:  # "0,1": device ids
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text)
+
+
 def declared_processes(trainer: Any) -> int | None:
     """Training processes a trainer config asks for (devices x nodes), None when not fixed.
 
-    ``devices: auto`` (or -1) depends on the machine, so it is only known inside the run.
+    ``devices: auto`` (or -1) depends on the machine, so it is only known inside the run; a
+    value Lightning would refuse is left for Lightning to name.
     """
     trainer = trainer or {}
-    devices = trainer.get("devices", 1)
-    nodes = trainer.get("num_nodes", 1) or 1
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        count = len(devices)
-    elif isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
-        count = devices
-    elif isinstance(devices, str) and devices.strip().isdigit():
-        count = int(devices)
-    elif isinstance(devices, str) and "," in devices:
-        count = len([d for d in devices.split(",") if d.strip()])
-    else:
+    try:
+        count = named_device_count(trainer.get("devices", 1))
+    except ValueError:
         return None
-    return count * int(nodes)
+    if count is None:
+        return None
+    return count * int(trainer.get("num_nodes", 1) or 1)
 
 
 def _validate_replicas(cfg: DictConfig | TrainConfig) -> None:

@@ -42,7 +42,12 @@ from gur_lightning.callbacks.validation import (
     PeriodicValidation,
     TestSetSelection,
 )
-from gur_lightning.config import evaluate_only_hint, register_configs, validate_config
+from gur_lightning.config import (
+    evaluate_only_hint,
+    named_device_count,
+    register_configs,
+    validate_config,
+)
 from gur_lightning.data.check import check_dataset
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import (
@@ -219,15 +224,11 @@ def _modern_ddp_kwargs(strategy: dict[str, Any]) -> dict[str, Any]:
 
 def _num_devices(devices: Any, accelerator: Any) -> int:
     """How many devices per node a ``trainer.devices`` value asks for (Lightning's rules)."""
+    count = named_device_count(devices)
+    if count is not None:
+        return count
     gpu = str(accelerator).lower() in ("gpu", "cuda", "auto")
-    if isinstance(devices, Sequence) and not isinstance(devices, str):
-        return len(devices)
-    if devices is None or str(devices).strip() in ("auto", "-1"):
-        return torch.cuda.device_count() if gpu else 1
-    text = str(devices).strip()
-    if "," in text:  # "0,1": device ids
-        return len([d for d in text.split(",") if d.strip()])
-    return int(text)
+    return torch.cuda.device_count() if gpu else 1
 
 
 def _launches_subprocesses(strategy: Any) -> bool:
