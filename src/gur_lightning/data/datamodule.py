@@ -385,20 +385,22 @@ class VIReIDDataModule(L.LightningDataModule):
             return rank % half, half, 1 if rank < half else 2
         return rank, world, None
 
-    def _per_rank(self, modality: Modality, batch_size: int, world: int) -> tuple[int, int]:
+    def _per_rank(self, modality: Modality, batch_size: int, world: int) -> tuple[int, int, int]:
         """This rank's share of a global batch, and the step its identity count must keep.
 
         Returns:
-            ``(images per rank, P step)``: a batch of P identities per rank splits into the
-            rank's ``R / world`` replica chunks exactly when P is a multiple of the step (the
-            visible stream holds two views of every image).
+            ``(images per rank, P step, shards)``: a batch of P identities per rank splits into
+            the rank's ``R / world`` replica chunks exactly when P is a multiple of the step (the
+            visible stream holds two views of every image, unless paired ranks hold one each);
+            the stream's identities are shared out over ``shards`` ranks (``world``, or half of
+            it for paired visible views).
 
         Raises:
             ValueError: When the global batch or R does not divide, naming the numbers.
         """
         key = f"data.{modality}_batch_size"
         k = self.num_instances
-        shards, views = world, 2 if modality == "visible" else 1
+        shards, views = world, 1
         if modality == "visible":
             _, shards, view = self.visible_layout(0, world)
             views = 1 if view is not None else 2
@@ -425,7 +427,7 @@ class VIReIDDataModule(L.LightningDataModule):
                 f"model.bn_replicas={self.bn_replicas} / {world} processes = {local} equal "
                 "replica chunks"
             )
-        return per_rank, step
+        return per_rank, step, shards
 
     def _phase_batch_size(
         self, labelled: LabelledSet, modality: Modality, batch_size: int, phase_index: int
@@ -439,8 +441,7 @@ class VIReIDDataModule(L.LightningDataModule):
         P' >= ``min_identities``; otherwise the sampler refuses and the phase is skipped.
         """
         world = max(1, get_world_size())
-        per_rank, step = self._per_rank(modality, batch_size, world)
-        shards = self.visible_layout(0, world)[1] if modality == "visible" else world
+        per_rank, step, shards = self._per_rank(modality, batch_size, world)
         wanted = per_rank // self.num_instances
         available = len(set(labelled.labels)) // shards
         available -= available % step
