@@ -121,7 +121,7 @@ def _synvi_module(root: Path) -> VIReIDDataModule:
 
 
 def _write_marker(dm: VIReIDDataModule, digest: str | None = None) -> None:
-    from gur_lightning.data.synvi import MARKER_NAME, parameter_hash, tree_parameters
+    from gur_lightning.synvi import MARKER_NAME, parameter_hash, tree_parameters
 
     expected = parameter_hash(tree_parameters("sysu", seed=0, num_ids=8, preset="easy"))
     Path(dm.root).mkdir(parents=True, exist_ok=True)

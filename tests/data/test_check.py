@@ -25,8 +25,8 @@ from gur_lightning.data.check import (
     check_dataset,
     default_cache_path,
 )
-from gur_lightning.data.synvi import MARKER_NAME, generate_synvi
-from gur_lightning.data.synvi import generate as gen
+from gur_lightning.synvi import MARKER_NAME, generate_synvi
+from gur_lightning.synvi import generate as gen
 
 TINY = {
     "sysu": {"num_ids": 12, "images_per_camera": 2},

@@ -528,7 +528,7 @@ def compare_counts(
 
 def is_synvi_tree(root: str | os.PathLike[str]) -> bool:
     """Whether ``root`` holds a SynVI tree (its generator's marker file names it so)."""
-    from gur_lightning.data.synvi import read_marker
+    from gur_lightning.synvi import read_marker
 
     return read_marker(Path(root)) is not None
 

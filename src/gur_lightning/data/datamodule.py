@@ -197,7 +197,7 @@ class VIReIDDataModule(L.LightningDataModule):
         """Generate the SynVI tree when configured (rank 0 only, cached by its parameters)."""
         if self.synvi is None:
             return
-        from gur_lightning.data.synvi import generate_synvi
+        from gur_lightning.synvi import generate_synvi
 
         layout, num_ids, params = self._synvi_call()
         generate_synvi(layout, self.root, num_ids=num_ids, **params)
@@ -217,7 +217,7 @@ class VIReIDDataModule(L.LightningDataModule):
         """
         if self.synvi is None:
             return True
-        from gur_lightning.data.synvi import parameter_hash, read_marker, tree_parameters
+        from gur_lightning.synvi import parameter_hash, read_marker, tree_parameters
 
         layout, num_ids, params = self._synvi_call()
         marker = read_marker(Path(self.root).absolute())

@@ -1,6 +1,6 @@
 """Example grid of SynVI images: several identities across cameras, visible and infrared.
 
-``python -m gur_lightning.data.synvi.grid --out docs/synvi_grid.png`` renders it for the README
+``python -m gur_lightning.synvi.grid --out docs/synvi_grid.png`` renders it for the README
 (docs/synthetic.md, "Look at it"). Images are rendered in memory with the same code that writes
 trees, so the grid shows exactly what a tree contains (whether or not an identity is actually
 covered by a camera in a given tree).
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gur_lightning.data.synvi.config import PRESETS, resolve_config
-from gur_lightning.data.synvi.layouts import SYSU_CAMERAS, build_world
-from gur_lightning.data.synvi.render import render_image
-from gur_lightning.data.synvi.world import World
+from gur_lightning.synvi.config import PRESETS, resolve_config
+from gur_lightning.synvi.layouts import SYSU_CAMERAS, build_world
+from gur_lightning.synvi.render import render_image
+from gur_lightning.synvi.world import World
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -115,8 +115,8 @@ def render_grid(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m gur_lightning.data.synvi.grid --out FILE.png``."""
-    parser = argparse.ArgumentParser(prog="python -m gur_lightning.data.synvi.grid")
+    """Command line: ``python -m gur_lightning.synvi.grid --out FILE.png``."""
+    parser = argparse.ArgumentParser(prog="python -m gur_lightning.synvi.grid")
     parser.add_argument("--out", type=Path, default=Path("docs/synvi_grid.png"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", choices=PRESETS, default="default")

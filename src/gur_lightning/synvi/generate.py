@@ -21,10 +21,10 @@ from typing import Any
 
 from PIL import Image
 
-from gur_lightning.data.synvi.config import GENERATOR_VERSION, resolve_config
-from gur_lightning.data.synvi.layouts import ImageJob, build_world, plan_tree
-from gur_lightning.data.synvi.render import render_image
-from gur_lightning.data.synvi.world import World
+from gur_lightning.synvi.config import GENERATOR_VERSION, resolve_config
+from gur_lightning.synvi.layouts import ImageJob, build_world, plan_tree
+from gur_lightning.synvi.render import render_image
+from gur_lightning.synvi.world import World
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -58,7 +58,7 @@ def tree_parameters(
         preset: Difficulty preset.
         height: Image height in pixels.
         width: Image width in pixels.
-        **overrides: Other :class:`~gur_lightning.data.synvi.config.SynVIConfig` fields.
+        **overrides: Other :class:`~gur_lightning.synvi.config.SynVIConfig` fields.
 
     Returns:
         A JSON-serialisable dictionary that includes the fully resolved configuration.
@@ -239,7 +239,7 @@ def generate_synvi(
         height: Written image height in pixels.
         width: Written image width in pixels.
         workers: Processes used for large trees (``None``: 2; outputs do not depend on it).
-        **overrides: Other :class:`~gur_lightning.data.synvi.config.SynVIConfig` fields, e.g.
+        **overrides: Other :class:`~gur_lightning.synvi.config.SynVIConfig` fields, e.g.
             ``images_per_camera=2`` or ``clutter=0``.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m gur_lightning.data.synvi --layout sysu --out DIR [options]``."""
+"""Command line: ``python -m gur_lightning.synvi --layout sysu --out DIR [options]``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gur_lightning.data.synvi.config import LAYOUTS, PRESETS
-from gur_lightning.data.synvi.generate import generate_synvi, read_marker
+from gur_lightning.synvi.config import LAYOUTS, PRESETS
+from gur_lightning.synvi.generate import generate_synvi, read_marker
 
-log = logging.getLogger("gur_lightning.data.synvi")
+log = logging.getLogger("gur_lightning.synvi")
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -29,7 +29,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m gur_lightning.data.synvi",
+        prog="python -m gur_lightning.synvi",
         description="Write a SynVI tree in the raw layout of SYSU-MM01, RegDB or LLCM.",
     )
     parser.add_argument("--layout", choices=LAYOUTS, required=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gur_lightning.data.samples import MODALITIES, Modality
-from gur_lightning.data.synvi.config import LLCM_SPLIT, SYSU_SPLIT, SynVIConfig
-from gur_lightning.data.synvi.world import (
+from gur_lightning.synvi.config import LLCM_SPLIT, SYSU_SPLIT, SynVIConfig
+from gur_lightning.synvi.world import (
     LAYOUT_CODE,
     MODALITY_CODE,
     TAG_COVERAGE,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gur_lightning.data.synvi import (
+from gur_lightning.synvi import (
     MARKER_NAME,
     build_world,
     generate_synvi,
@@ -20,11 +20,11 @@ from gur_lightning.data.synvi import (
     render_image,
     resolve_config,
 )
-from gur_lightning.data.synvi import __main__ as cli
-from gur_lightning.data.synvi import generate as gen
-from gur_lightning.data.synvi.grid import GAP, HEADER_H, LABEL_W, render_grid
-from gur_lightning.data.synvi.render import _Body, _pattern_mask
-from gur_lightning.data.synvi.world import (
+from gur_lightning.synvi import __main__ as cli
+from gur_lightning.synvi import generate as gen
+from gur_lightning.synvi.grid import GAP, HEADER_H, LABEL_W, render_grid
+from gur_lightning.synvi.render import _Body, _pattern_mask
+from gur_lightning.synvi.world import (
     GARMENT_THERMAL_MEAN,
     GARMENT_THERMAL_RANGE,
     OUTFIT_JITTER,

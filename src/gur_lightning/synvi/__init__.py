@@ -7,14 +7,14 @@ pattern geometry); colour never crosses the modality gap; cameras differ in back
 illumination, sensor response and viewpoint.
 
 Example:
-    >>> from gur_lightning.data.synvi import generate_synvi
+    >>> from gur_lightning.synvi import generate_synvi
     >>> root = generate_synvi("sysu", "data/synvi_sysu", seed=0)  # doctest: +SKIP
 
-Command line: ``python -m gur_lightning.data.synvi --layout sysu --out DIR``; example grid:
-``python -m gur_lightning.data.synvi.grid --out docs/synvi_grid.png``.
+Command line: ``python -m gur_lightning.synvi --layout sysu --out DIR``; example grid:
+``python -m gur_lightning.synvi.grid --out docs/synvi_grid.png``.
 """
 
-from gur_lightning.data.synvi.config import (
+from gur_lightning.synvi.config import (
     LAYOUT_DEFAULTS,
     LAYOUTS,
     PRESET_KNOBS,
@@ -22,15 +22,15 @@ from gur_lightning.data.synvi.config import (
     SynVIConfig,
     resolve_config,
 )
-from gur_lightning.data.synvi.generate import (
+from gur_lightning.synvi.generate import (
     MARKER_NAME,
     generate_synvi,
     parameter_hash,
     read_marker,
     tree_parameters,
 )
-from gur_lightning.data.synvi.layouts import ImageJob, Plan, build_world, plan_tree
-from gur_lightning.data.synvi.render import render_image
+from gur_lightning.synvi.layouts import ImageJob, Plan, build_world, plan_tree
+from gur_lightning.synvi.render import render_image
 
 __all__ = [
     "LAYOUTS",

@@ -1,7 +1,7 @@
 """Rendering one SynVI image: a label map of scene and person, coloured per modality.
 
 An image is drawn once as a *label map* (background labels from the camera's scene, person
-parts from the identity's :class:`~gur_lightning.data.synvi.world.Shape`) at twice the written
+parts from the identity's :class:`~gur_lightning.synvi.world.Shape`) at twice the written
 resolution, then coloured by a look-up table: visible colours from the identity's palette under
 the camera's illumination and white balance, or infrared intensities from its thermal values
 under the camera's gain and tone curve. The geometry, and therefore every silhouette and pattern
@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
 from gur_lightning.data.samples import Modality
-from gur_lightning.data.synvi.world import (
+from gur_lightning.synvi.world import (
     BAG,
     BOTTOM,
     BOTTOM_LONG_SKIRT,

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from gur_lightning.data.samples import Modality
-from gur_lightning.data.synvi.config import SynVIConfig
+from gur_lightning.synvi.config import SynVIConfig
 
 # --------------------------------------------------------------------------- random streams
 
