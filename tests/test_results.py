@@ -129,3 +129,59 @@ def test_a_tiny_configuration_end_to_end(tmp_path: Path, monkeypatch) -> None:
     assert raw["1"]["mAP"] == raw["2"]["mAP"]
     assert untrained["1"]["mAP"] != untrained["2"]["mAP"]
     assert (tmp_path / "data").is_dir()  # generated once, before the parallel runs
+
+
+def test_first_inter_camera_clustering_gives_ari_and_clusters_per_identity(
+    tmp_path: Path,
+) -> None:
+    history = [
+        {"skipped": False, "stage": "intra_camera", "visible/ari": 0.9},
+        {"skipped": True, "stage": "inter_camera"},
+        {
+            "skipped": False,
+            "stage": "inter_camera",
+            "visible/ari": 0.4,
+            "visible/num_clusters": 30.0,
+            "visible/num_true_ids": 20.0,
+            "infrared/ari": 0.6,
+            "infrared/num_clusters": 21.0,
+            "infrared/num_true_ids": 20.0,
+        },
+        {"skipped": False, "stage": "inter_camera", "visible/ari": 0.1},
+    ]
+    (tmp_path / "clustering_history.json").write_text(json.dumps(history))
+    # The first non-skipped stage-2 record; 30 / 20 and 21 / 20 clusters per identity.
+    assert results.first_modality_clustering(tmp_path) == {
+        "visible": {"ari": 0.4, "clusters_per_id": 1.5},
+        "infrared": {"ari": 0.6, "clusters_per_id": 1.05},
+    }
+    assert results.first_modality_clustering(tmp_path / "absent") == {}
+
+
+def test_targets_are_judged_from_seed_means_and_the_paired_difference() -> None:
+    def runs(*maps: float) -> dict[int, dict[str, float]]:
+        return {s + 1: {"test/sysu_all/mAP": v} for s, v in enumerate(maps)}
+
+    # Supervised mean 0.55 >= 0.50; GUR mean 0.40 >= 2/3 * 0.55 = 0.3667; GUR - ADCA per seed
+    # 0.10, 0.12, 0.08 -> mean 0.10, sample std 0.02 -> 0.10 > 2 * 0.02.
+    met = results.check_targets(
+        {
+            "supervised": runs(0.50, 0.60, 0.55),
+            "gur": runs(0.40, 0.42, 0.38),
+            "adca": runs(0.30, 0.30, 0.30),
+        }
+    )
+    assert [t["met"] for t in met] == [True, True, True]
+    assert met[2]["value"] == "10.0 ± 2.0 over seeds [1, 2, 3]"
+    # ADCA per seed 0.25, 0.40, 0.30 -> differences 0.15, 0.02, 0.08: mean 0.0833, std 0.065;
+    # 0.0833 < 0.13. GUR 0.40 < 2/3 of 0.66 = 0.44; supervised 0.66 >= 0.5.
+    missed = results.check_targets(
+        {
+            "supervised": runs(0.66, 0.66, 0.66),
+            "gur": runs(0.40, 0.42, 0.38),
+            "adca": runs(0.25, 0.40, 0.30),
+        }
+    )
+    assert [t["met"] for t in missed] == [True, False, False]
+    # One seed gives no std: the margin cannot be judged as met.
+    assert results.check_targets({"gur": runs(0.4), "adca": runs(0.1)})[0]["met"] is False

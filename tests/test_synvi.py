@@ -23,7 +23,7 @@ from gur_lightning.synvi import (
 from gur_lightning.synvi import __main__ as cli
 from gur_lightning.synvi import generate as gen
 from gur_lightning.synvi.grid import GAP, HEADER_H, LABEL_W, render_grid
-from gur_lightning.synvi.render import _Body, _pattern_mask
+from gur_lightning.synvi.render import _Body, _pattern_mask, visible_light
 from gur_lightning.synvi.world import (
     GARMENT_THERMAL_MEAN,
     GARMENT_THERMAL_RANGE,
@@ -362,6 +362,62 @@ def test_infrared_ignores_colour_and_visible_ignores_thermal() -> None:
     assert not np.array_equal(render_image(world, 1, 1, "infrared", 0), ir)
 
 
+def test_visible_light_changes_visible_images_only() -> None:
+    plain = build_world("sysu", resolve_config("sysu", num_ids=6), seed=0)
+    lit = build_world(
+        "sysu", resolve_config("sysu", num_ids=6, overrides={"illumination": 1.0}), seed=0
+    )
+    assert visible_light(plain, 1, 1, 0) == (1.0, pytest.approx(np.ones(3)))
+    for pid in (1, 2):
+        # Infrared cameras light the scene themselves: not one pixel changes.
+        for cam in (3, 6):
+            np.testing.assert_array_equal(
+                render_image(lit, pid, cam, "infrared", 0),
+                render_image(plain, pid, cam, "infrared", 0),
+            )
+        assert not np.array_equal(
+            render_image(lit, pid, 1, "visible", 0), render_image(plain, pid, 1, "visible", 0)
+        )
+
+
+def test_indoor_visible_light_is_dimmer_and_warmer_than_outdoor() -> None:
+    world = build_world(
+        "sysu", resolve_config("sysu", num_ids=30, overrides={"illumination": 1.0}), seed=0
+    )
+
+    # SYSU cameras 1 and 2 are indoor, 4 and 5 outdoor. The camera's own log-exposure lies in
+    # INDOOR_LIGHT[0] = [-1.0, -0.35] or OUTDOOR_LIGHT[0] = [-0.25, 0.35]; per image it varies
+    # with sd 0.4, so the median over 40 images per camera keeps the ranges apart (the
+    # median's sd is about 0.4 * 1.25 / sqrt(40) = 0.08).
+    def light(cam: int) -> tuple[float, float]:
+        draws = [visible_light(world, pid, cam, k) for pid in range(1, 21) for k in range(2)]
+        exposure = float(np.median([np.log(e) for e, _ in draws]))
+        warmth = float(np.median([t[0] - t[2] for _, t in draws]))
+        return exposure, warmth
+
+    indoor = [light(c) for c in (1, 2)]
+    outdoor = [light(c) for c in (4, 5)]
+    assert all(-1.25 < e < -0.1 for e, _ in indoor)
+    assert all(-0.5 < e < 0.6 for e, _ in outdoor)
+    # Temperature 2 t with t in [0.08, 0.28] indoor and [-0.22, 0] outdoor.
+    assert min(w for _, w in indoor) > max(w for _, w in outdoor)
+
+
+def test_thermal_outfit_pool_sets_the_number_of_thermal_outfits_alone() -> None:
+    base = {"outfit_pool": 3, "twin_fraction": 0}
+    cfg = resolve_config("sysu", num_ids=150, overrides={**base, "thermal_outfit_pool": 9})
+    people = build_world("sysu", cfg, seed=0).identities.values()
+    assert {p.outfit[0] for p in people} == set(range(3))
+    assert {p.outfit[1] for p in people} == set(range(9))
+    # Unset, the thermal pool is as large as the colour pool.
+    cfg = resolve_config("sysu", num_ids=150, overrides=base)
+    assert {p.outfit[1] for p in build_world("sysu", cfg, seed=0).identities.values()} == {
+        0,
+        1,
+        2,
+    }
+
+
 def test_twins_share_exactly_one_cue() -> None:
     cfg = resolve_config("sysu", num_ids=100)
     people = build_world("sysu", cfg, seed=0).identities
@@ -452,6 +508,8 @@ def test_horizontal_stripes_follow_frequency_and_duty() -> None:
         ({"occlusion": 1.5}, "occlusion must be a number in \\[0, 1\\]"),
         ({"seed": -1}, "seed must be a non-negative integer"),
         ({"height": 16}, "at least 32x16"),
+        ({"illumination": 2.0}, "illumination must be a number in \\[0, 1\\]"),
+        ({"thermal_outfit_pool": 0}, "thermal_outfit_pool must be null or an integer >= 1"),
     ],
 )
 def test_bad_options_are_named(tmp_path: Path, kwargs: dict, message: str) -> None:

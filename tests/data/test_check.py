@@ -414,3 +414,21 @@ def test_second_training_run_does_not_decode_again(
     with pytest.raises(_Stop):
         train(_smoke_on(root, tmp_path / "run2", "data.check=false"), [_Recorder(stop=True)])
     assert count_decodes == [] and not (root / CACHE_NAME).exists()
+
+
+def test_images_per_identity_and_camera_counts_each_pair_present() -> None:
+    from gur_lightning.data.check import images_per_identity_camera
+    from gur_lightning.data.samples import Sample
+
+    def images(pid: int, cam: int, modality: str, n: int) -> list[Sample]:
+        return [Sample(f"/{pid}/{cam}/{k}.jpg", pid, cam, modality) for k in range(n)]  # type: ignore[arg-type]
+
+    # Visible pairs hold 1, 2 and 6 images (mean 3, median 2); infrared one pair of 5.
+    samples = [
+        *images(1, 1, "visible", 1),
+        *images(1, 2, "visible", 2),
+        *images(2, 1, "visible", 6),
+        *images(2, 3, "infrared", 5),
+    ]
+    assert images_per_identity_camera(samples) == {"visible": (3.0, 2.0), "infrared": (5.0, 5.0)}
+    assert images_per_identity_camera(images(1, 3, "infrared", 2)) == {"infrared": (2.0, 2.0)}

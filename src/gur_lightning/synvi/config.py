@@ -58,6 +58,11 @@ class SynVIConfig:
             wears one of each (with a small jitter), as many people wear the same black jacket
             and jeans. Colour and intensity then narrow a person down to a group, and identity
             lives in the modality-invariant shape cues (docs/synthetic.md).
+        thermal_outfit_pool: Number of thermal outfits when ``outfit_pool > 0``; ``None``: as
+            many as colour outfits. More thermal than colour outfits gives infrared images more
+            of a person's own appearance, as the reflectance of garments under the cameras'
+            infrared lamps varies more between people than their colour categories do
+            (docs/synthetic.md, "Calibration against the real data").
         thermal_spread: Contrast multiplier of the garments' thermal values about their mean
             (1: as drawn; larger values separate the parts, and the person from the background,
             in infrared).
@@ -72,6 +77,11 @@ class SynVIConfig:
         occlusion: Probability that a foreground object occludes part of the person.
         pose_jitter: Scale of the per-image pose, crop and scale jitter (1 = nominal).
         brightness_jitter: Standard deviation of the per-image brightness factor.
+        illumination: Strength in [0, 1] of the visible light's variation, which infrared
+            cameras (under their own active illumination) do not see: indoor cameras dim and
+            warm, outdoor ones brighter and cooler, and per image a change of exposure and
+            colour temperature, with sensor noise growing in the dark (docs/synthetic.md,
+            "Visible light"). 0 leaves the visible images as the camera bias alone makes them.
         jpeg_quality: JPEG quality of written ``.jpg`` files (fixed for determinism).
     """
 
@@ -98,6 +108,8 @@ class SynVIConfig:
     occlusion: float
     pose_jitter: float
     brightness_jitter: float
+    illumination: float = 0.0
+    thermal_outfit_pool: int | None = None
     jpeg_quality: int = 90
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +215,7 @@ _UNIT_KNOBS = (
     "camera_bias",
     "view_mix",
     "occlusion",
+    "illumination",
 )
 #: Knobs that must be >= 0.
 _NONNEGATIVE_KNOBS = (
@@ -307,6 +320,15 @@ def _validate(layout: str, cfg: SynVIConfig) -> None:
         raise ValueError(
             f"SynVI num_cameras must be in [1, {_MAX_LLCM_CAMERAS}] for 'llcm', "
             f"got {cfg.num_cameras}"
+        )
+    if cfg.thermal_outfit_pool is not None and (
+        isinstance(cfg.thermal_outfit_pool, bool)
+        or not isinstance(cfg.thermal_outfit_pool, int)
+        or cfg.thermal_outfit_pool < 1
+    ):
+        raise ValueError(
+            "SynVI option thermal_outfit_pool must be null or an integer >= 1, "
+            f"got {cfg.thermal_outfit_pool!r}"
         )
     for name in ("clutter", "outfit_pool"):
         if getattr(cfg, name) < 0:

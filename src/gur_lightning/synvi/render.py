@@ -67,6 +67,7 @@ from gur_lightning.synvi.world import (
     SLEEVE_SHORT,
     STRAP,
     TAG_IMAGE,
+    TAG_LIGHT,
     TOP,
     TOP_PATTERN,
     VIEW_BACK,
@@ -630,6 +631,52 @@ def render_labels(
     return labels, painter.cx, h, body.sh
 
 
+#: Visible light per camera: log-exposure range and colour temperature range (red up, blue
+#: down) of indoor (artificial, dim, warm) and outdoor (daylight, brighter, cooler) cameras, at
+#: ``illumination = 1``.
+INDOOR_LIGHT = ((-1.0, -0.35), (0.08, 0.28))
+OUTDOOR_LIGHT = ((-0.25, 0.35), (-0.22, 0.0))
+#: Per-image standard deviations, at ``illumination = 1``, of the log-exposure, the colour
+#: temperature and the green-magenta tint (time of day, clouds, lamps switched on or off).
+IMAGE_LIGHT_SD = (0.4, 0.1, 0.05)
+
+
+def visible_light(world: World, pid: int, cam: int, index: int) -> tuple[float, np.ndarray]:
+    """The light falling on one visible image: an exposure factor and a per-channel tint.
+
+    Visible cameras see people under daylight or lamps; infrared cameras light the scene
+    themselves, which is why infrared clustering is the more reliable one on the real data
+    (docs/synthetic.md, "Visible light"). The draws come from streams of their own, so
+    ``illumination = 0`` leaves every other random decision, and so older trees, unchanged.
+
+    Args:
+        world: The tree's world.
+        pid: Identity.
+        cam: Visible camera number.
+        index: Image number within ``(pid, cam)``.
+
+    Returns:
+        ``(exposure, tint)``: a factor > 0 on all channels and a factor per RGB channel,
+        shape ``(3,)``; ``(1.0, ones(3))`` when ``illumination = 0``.
+    """
+    strength = world.config.illumination
+    if strength == 0.0:
+        return 1.0, np.ones(3)
+    layout_code = LAYOUT_CODE[world.layout]
+    camera_rng = rng_for(world.seed, TAG_LIGHT, layout_code, cam)
+    (lo, hi), (t_lo, t_hi) = INDOOR_LIGHT if world.cameras[cam].indoor else OUTDOOR_LIGHT
+    log_level = strength * camera_rng.uniform(lo, hi)
+    temperature = strength * camera_rng.uniform(t_lo, t_hi)
+    image_rng = rng_for(world.seed, TAG_LIGHT, layout_code, cam, pid, index)
+    z = np.clip(image_rng.standard_normal(3), -2.5, 2.5)
+    sd_exposure, sd_temperature, sd_tint = IMAGE_LIGHT_SD
+    exposure = math.exp(log_level + strength * sd_exposure * z[0])
+    temperature += strength * sd_temperature * z[1]
+    magenta = strength * sd_tint * z[2]
+    tint = np.array([1.0 + temperature, 1.0 - magenta, 1.0 - temperature])
+    return exposure, np.clip(tint, 0.5, 1.5)
+
+
 def render_image(world: World, pid: int, cam: int, modality: Modality, index: int) -> np.ndarray:
     """Render one image of identity ``pid`` in camera ``cam`` and ``modality``.
 
@@ -683,10 +730,12 @@ def render_image(world: World, pid: int, cam: int, modality: Modality, index: in
         gx, gy = camera.light_grad
         light = (1.0 + 2.0 * (gx * xx + gy * yy)) * (1.0 - BODY_SHADING * spread * person_lr)
         img *= light[..., None]
-        gain = (camera.vis_gain * bright).astype(np.float32)
+        exposure, tint = visible_light(world, pid, cam, index)
+        gain = (camera.vis_gain * bright * exposure * tint).astype(np.float32)
         img = np.clip(img * gain + camera.vis_cast.astype(np.float32), 0.0, 1.0)
         img **= np.float32(camera.vis_gamma)
-        noise_sd = camera.vis_noise
+        # A dark exposure is amplified by the sensor, and its noise with it.
+        noise_sd = camera.vis_noise / math.sqrt(min(exposure, 1.0))
     else:
         img *= (1.0 - IR_BODY_SHADING * spread * person_lr)[..., None]
         img = np.clip(camera.ir_gain * bright * img + camera.ir_offset, 0.0, 1.0)

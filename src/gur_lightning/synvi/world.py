@@ -30,6 +30,7 @@ TAG_IMAGE = 4
 TAG_SPLIT = 5
 TAG_COVERAGE = 6
 TAG_NAMES = 7
+TAG_LIGHT = 8
 
 #: Integer code of each layout inside stream keys.
 LAYOUT_CODE = {"sysu": 1, "regdb": 2, "llcm": 3}
@@ -498,8 +499,9 @@ def _dress_from_pool(
 ) -> dict[int, Identity]:
     """Replace every identity's garment colours and thermal values by shared outfits.
 
-    ``cfg.outfit_pool`` colour outfits and, independently, as many thermal outfits are drawn
-    once per tree; each identity wears one of each. Skin and hair stay the identity's own.
+    ``cfg.outfit_pool`` colour outfits and, independently, ``cfg.thermal_outfit_pool`` (by
+    default as many) thermal outfits are drawn once per tree; each identity wears one of each.
+    Skin and hair stay the identity's own.
 
     Args:
         seed: Tree seed.
@@ -511,19 +513,20 @@ def _dress_from_pool(
     """
     rng = rng_for(seed, TAG_POPULATION, OUTFIT_STREAM)
     n = cfg.outfit_pool
+    n_thermal = n if cfg.thermal_outfit_pool is None else cfg.thermal_outfit_pool
     colour_pool = [
         sample_appearance(rng, cfg.thermal_material_tie, cfg.thermal_spread).colours
         for _ in range(n)
     ]
     thermal_pool = [
         sample_appearance(rng, cfg.thermal_material_tie, cfg.thermal_spread).thermal
-        for _ in range(n)
+        for _ in range(n_thermal)
     ]
     dressed = {}
     for pid, person in people.items():
         colours = person.appearance.colours.copy()
         thermal = person.appearance.thermal.copy()
-        colour_k, thermal_k = int(rng.integers(n)), int(rng.integers(n))
+        colour_k, thermal_k = int(rng.integers(n)), int(rng.integers(n_thermal))
         colours[OUTFIT_ROWS] = colour_pool[colour_k][OUTFIT_ROWS] + rng.normal(
             0.0, OUTFIT_JITTER, size=(len(OUTFIT_ROWS), 3)
         )
