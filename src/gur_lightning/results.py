@@ -366,23 +366,23 @@ def write_table(
         (row, [first_modality_clustering(run_dir(out, row.key, s)) for s in seeds[row.key]])
         for row in rows
     ]
-    reliability = [(row, [c for c in per_seed if c]) for row, per_seed in reliability]
-    reliability = [(row, per_seed) for row, per_seed in reliability if per_seed]
+    reliability = [(row, [c for c in clusterings if c]) for row, clusterings in reliability]
+    reliability = [(row, clusterings) for row, clusterings in reliability if clusterings]
     if reliability:
         table += (
             "\nFirst inter-camera clustering, per modality (mean ± std over seeds):\n\n"
             "| method | ARI visible | ARI infrared | clusters per identity visible "
             "| clusters per identity infrared |\n|---|---|---|---|---|\n"
         )
-        for row, per_seed in reliability:
+        for row, clusterings in reliability:
             cells = [row.title]
             for field, scale, digits in (("ari", 1.0, 3), ("clusters_per_id", 1.0, 2)):
                 for m in ("visible", "infrared"):
-                    values = [c[m][field] for c in per_seed if m in c]
+                    values = [c[m][field] for c in clusterings if m in c]
                     cells.append(_pm(values, scale, digits) if values else "—")
             table += "| " + " | ".join(cells) + " |\n"
-        for row, per_seed in reliability:
-            summary["rows"][row.key]["first_inter_camera"] = per_seed  # type: ignore[index]
+        for row, clusterings in reliability:
+            summary["rows"][row.key]["first_inter_camera"] = clusterings  # type: ignore[index]
     targets = check_targets({r.key: metrics[r.key] for r in rows})
     if targets:
         table += "\nTargets:\n\n" + "".join(
