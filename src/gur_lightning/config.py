@@ -20,9 +20,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from gur_lightning.data.readers import DATASET_NAMES
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
 
-DATASETS: tuple[str, ...] = ("sysu", "regdb", "llcm")
 #: The training regimes of the ``recipe`` config group (docs/recipes.md).
 RECIPES: tuple[str, ...] = ("official", "fixed")
 
@@ -514,7 +514,7 @@ def validate_config(
     if isinstance(cfg, DictConfig):
         check_schema(cfg, schema)
     d, c, m = cfg.data, cfg.cluster, cfg.model
-    _check(d.name in DATASETS, "data.name", d.name, f"one of {DATASETS}")
+    _check(d.name in DATASET_NAMES, "data.name", d.name, f"one of {DATASET_NAMES}")
     if d.name == "regdb":
         _check(1 <= d.trial <= 10, "data.trial", d.trial, "a RegDB trial in 1..10")
     if d.synvi is not None:
