@@ -69,6 +69,12 @@ def test_out_of_range_value_names_the_key(override, key):
         validate_config(cfg)
 
 
+def test_unknown_data_set_lists_the_registry_names():
+    cfg = _compose("+experiment=regdb", "data.root=/x", "data.name=market")
+    with pytest.raises(ConfigError, match=r"data\.name='market'.*\('sysu', 'regdb', 'llcm'\)"):
+        validate_config(cfg)
+
+
 def test_sweep_override_of_interpolated_eps():
     cfg = _compose("+experiment=regdb", "data.root=/x", "cluster.eps=0.45")
     assert cfg.cluster.eps_inter_modality == 0.45
