@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,14 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from gur_lightning.config import ConfigError, register_configs, validate_config
+from gur_lightning.config import (
+    ConfigError,
+    DataConfig,
+    SynVITreeConfig,
+    register_configs,
+    validate_config,
+)
+from gur_lightning.synvi import generate_synvi
 from gur_lightning.train import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -73,6 +81,16 @@ def test_unknown_data_set_lists_the_registry_names():
     cfg = _compose("+experiment=regdb", "data.root=/x", "data.name=market")
     with pytest.raises(ConfigError, match=r"data\.name='market'.*\('sysu', 'regdb', 'llcm'\)"):
         validate_config(cfg)
+
+
+def test_synvi_node_defaults_are_the_generators():
+    """``data.synvi`` selects a tree with generate_synvi's own defaults, for data.name's layout."""
+    generator = inspect.signature(generate_synvi).parameters
+    node = SynVITreeConfig()
+    assert node.seed == generator["seed"].default == 0
+    assert node.num_ids is generator["num_ids"].default is None
+    assert node.preset == generator["preset"].default == "default"
+    assert node.layout == DataConfig().name == "sysu"
 
 
 def test_sweep_override_of_interpolated_eps():

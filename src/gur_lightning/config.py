@@ -22,26 +22,36 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from gur_lightning.data.readers import DATASET_NAMES
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
+from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED
 
 #: The training regimes of the ``recipe`` config group (docs/recipes.md).
 RECIPES: tuple[str, ...] = ("official", "fixed")
 
 
+#: ``data.name`` when no data config names one (and so the SynVI layout, which must equal it).
+DEFAULT_DATASET = "sysu"
+
+
 @dataclass
-class SynVIConfig:
-    """Generate a SynVI tree into ``data.root`` before training (method-agnostic benchmark).
+class SynVITreeConfig:
+    """Which SynVI tree to generate into ``data.root`` before training (Hydra key ``data.synvi``).
+
+    Only the arguments of :func:`gur_lightning.synvi.generate_synvi` that select a tree, with the
+    generator's own defaults. Every rendering parameter (image counts, clutter, noise...) is a
+    field of the generator's :class:`gur_lightning.synvi.config.SynVIConfig`, resolved from the
+    layout and the preset (docs/synthetic.md).
 
     Attributes:
         layout: Raw layout written: ``sysu``, ``regdb`` or ``llcm`` (must equal ``data.name``).
         seed: Generator seed (same seed, same bytes).
-        num_ids: Number of identities (None: the preset's default).
+        num_ids: Number of identities (None: the layout's default).
         preset: Difficulty preset: ``easy``, ``default`` or ``hard``.
     """
 
-    layout: str = "sysu"
-    seed: int = 0
+    layout: str = DEFAULT_DATASET
+    seed: int = DEFAULT_SEED
     num_ids: int | None = None
-    preset: str = "default"
+    preset: str = DEFAULT_PRESET
 
 
 @dataclass
@@ -81,7 +91,7 @@ class DataConfig:
         root: The data set's root folder, as distributed.
         trial: RegDB split (1..10); the SYSU/LLCM gallery draws use trials 0..9 at test time.
         holdout_val: RegDB: hold out part of the training identities as a validation split.
-        synvi: When set, a SynVI tree with these parameters is generated into ``root`` first.
+        synvi: When set, the SynVI tree it selects is generated into ``root`` first.
         height: Network input height (reference 288).
         width: Network input width (reference 144).
         num_instances: K, images per pseudo-identity in a batch (reference 16).
@@ -100,11 +110,11 @@ class DataConfig:
             tree's listing, so an unchanged data set is decoded once.
     """
 
-    name: str = "sysu"
+    name: str = DEFAULT_DATASET
     root: str = MISSING
     trial: int = 1
     holdout_val: bool = False
-    synvi: SynVIConfig | None = None
+    synvi: SynVITreeConfig | None = None
     height: int = 288
     width: int = 144
     num_instances: int = 16
