@@ -11,7 +11,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from gur_lightning.callbacks.recluster import Reclustering
+from gur_lightning.clustering import JaccardOptions, dbscan_labels
 from gur_lightning.config import (
+    ClusterConfig,
     ConfigError,
     DataConfig,
     SynVITreeConfig,
@@ -91,6 +94,21 @@ def test_synvi_node_defaults_are_the_generators():
     assert node.num_ids is generator["num_ids"].default is None
     assert node.preset == generator["preset"].default == "default"
     assert node.layout == DataConfig().name == "sysu"
+
+
+def test_cluster_defaults_are_the_pseudo_label_librarys():
+    """The schema, the callback and the library agree, on the reference's values (§7.2-7.3)."""
+    cluster, jaccard = ClusterConfig(), JaccardOptions()
+    assert (cluster.k1, cluster.k2) == (jaccard.k1, jaccard.k2) == (30, 6)
+    assert (cluster.knn_backend, cluster.kernels) == (jaccard.knn.backend, jaccard.knn.kernels)
+    assert cluster.kernels == "auto" and cluster.knn_backend == "auto"
+    assert (
+        cluster.min_samples == inspect.signature(dbscan_labels).parameters["min_samples"].default
+    )
+    assert cluster.min_samples == 4
+    callback = inspect.signature(Reclustering).parameters
+    for key in ("min_samples", "k1", "k2", "knn_backend", "kernels"):
+        assert callback[key].default == getattr(cluster, key), key
 
 
 def test_sweep_override_of_interpolated_eps():
