@@ -35,10 +35,11 @@ test-full: $(STAMP) ## every test, slow ones included (DDP, sweeps, long runs)
 bench: $(STAMP) ## benchmarks; figures go to bench_results/
 	$(PY) -m gur_lightning.bench all --out bench_results
 
-lint: $(STAMP) ## ruff check, format check and mypy
+lint: $(STAMP) ## ruff check, format check, mypy and the import contracts (lint-imports)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy
+	PYTHONPATH=src $(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests

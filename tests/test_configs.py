@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,17 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from gur_lightning.config import ConfigError, register_configs, validate_config
+from gur_lightning.callbacks.recluster import Reclustering
+from gur_lightning.clustering import JaccardOptions, dbscan_labels
+from gur_lightning.config import (
+    ClusterConfig,
+    ConfigError,
+    DataConfig,
+    SynVITreeConfig,
+    register_configs,
+    validate_config,
+)
+from gur_lightning.synvi import generate_synvi
 from gur_lightning.train import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -67,6 +78,37 @@ def test_out_of_range_value_names_the_key(override, key):
     cfg = _compose("+experiment=regdb", "data.root=/x", override)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(cfg)
+
+
+def test_unknown_data_set_lists_the_registry_names():
+    cfg = _compose("+experiment=regdb", "data.root=/x", "data.name=market")
+    with pytest.raises(ConfigError, match=r"data\.name='market'.*\('sysu', 'regdb', 'llcm'\)"):
+        validate_config(cfg)
+
+
+def test_synvi_node_defaults_are_the_generators():
+    """``data.synvi`` selects a tree with generate_synvi's own defaults, for data.name's layout."""
+    generator = inspect.signature(generate_synvi).parameters
+    node = SynVITreeConfig()
+    assert node.seed == generator["seed"].default == 0
+    assert node.num_ids is generator["num_ids"].default is None
+    assert node.preset == generator["preset"].default == "default"
+    assert node.layout == DataConfig().name == "sysu"
+
+
+def test_cluster_defaults_are_the_pseudo_label_librarys():
+    """The schema, the callback and the library agree, on the reference's values (§7.2-7.3)."""
+    cluster, jaccard = ClusterConfig(), JaccardOptions()
+    assert (cluster.k1, cluster.k2) == (jaccard.k1, jaccard.k2) == (30, 6)
+    assert (cluster.knn_backend, cluster.kernels) == (jaccard.knn.backend, jaccard.knn.kernels)
+    assert cluster.kernels == "auto" and cluster.knn_backend == "auto"
+    assert (
+        cluster.min_samples == inspect.signature(dbscan_labels).parameters["min_samples"].default
+    )
+    assert cluster.min_samples == 4
+    callback = inspect.signature(Reclustering).parameters
+    for key in ("min_samples", "k1", "k2", "knn_backend", "kernels"):
+        assert callback[key].default == getattr(cluster, key), key
 
 
 def test_sweep_override_of_interpolated_eps():

@@ -20,28 +20,47 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from gur_lightning.clustering.options import (
+    DEFAULT_K1,
+    DEFAULT_K2,
+    DEFAULT_KERNELS,
+    DEFAULT_KNN_BACKEND,
+    DEFAULT_MIN_SAMPLES,
+    KERNEL_CHOICES,
+    KNN_BACKENDS,
+)
+from gur_lightning.data.readers import DATASET_NAMES
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
+from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED
 
-DATASETS: tuple[str, ...] = ("sysu", "regdb", "llcm")
 #: The training regimes of the ``recipe`` config group (docs/recipes.md).
 RECIPES: tuple[str, ...] = ("official", "fixed")
 
 
+#: ``data.name`` when no data config names one (and so the SynVI layout, which must equal it).
+DEFAULT_DATASET = "sysu"
+
+
 @dataclass
-class SynVIConfig:
-    """Generate a SynVI tree into ``data.root`` before training (method-agnostic benchmark).
+class SynVITreeConfig:
+    """Which SynVI tree to generate into ``data.root`` before training (Hydra key ``data.synvi``).
+
+    Only the arguments of :func:`gur_lightning.synvi.generate_synvi` that select a tree, with the
+    generator's own defaults. Every rendering parameter (image counts, clutter, noise...) is a
+    field of the generator's :class:`gur_lightning.synvi.config.SynVIConfig`, resolved from the
+    layout and the preset (docs/synthetic.md).
 
     Attributes:
         layout: Raw layout written: ``sysu``, ``regdb`` or ``llcm`` (must equal ``data.name``).
         seed: Generator seed (same seed, same bytes).
-        num_ids: Number of identities (None: the preset's default).
+        num_ids: Number of identities (None: the layout's default).
         preset: Difficulty preset: ``easy``, ``default`` or ``hard``.
     """
 
-    layout: str = "sysu"
-    seed: int = 0
+    layout: str = DEFAULT_DATASET
+    seed: int = DEFAULT_SEED
     num_ids: int | None = None
-    preset: str = "default"
+    preset: str = DEFAULT_PRESET
 
 
 @dataclass
@@ -81,7 +100,7 @@ class DataConfig:
         root: The data set's root folder, as distributed.
         trial: RegDB split (1..10); the SYSU/LLCM gallery draws use trials 0..9 at test time.
         holdout_val: RegDB: hold out part of the training identities as a validation split.
-        synvi: When set, a SynVI tree with these parameters is generated into ``root`` first.
+        synvi: When set, the SynVI tree it selects is generated into ``root`` first.
         height: Network input height (reference 288).
         width: Network input width (reference 144).
         num_instances: K, images per pseudo-identity in a batch (reference 16).
@@ -100,11 +119,11 @@ class DataConfig:
             tree's listing, so an unchanged data set is decoded once.
     """
 
-    name: str = "sysu"
+    name: str = DEFAULT_DATASET
     root: str = MISSING
     trial: int = 1
     holdout_val: bool = False
-    synvi: SynVIConfig | None = None
+    synvi: SynVITreeConfig | None = None
     height: int = 288
     width: int = 144
     num_instances: int = 16
@@ -190,11 +209,14 @@ class ClusterConfig:
         eps: DBSCAN radius of the per-modality clustering of stage 2 (0.6 SYSU, 0.3 RegDB).
         eps_intra_camera: Radius of the per-camera clustering of stage 1 (0.55).
         eps_inter_modality: Radius of the joint clustering of stage 3 (defaults to ``eps``).
-        min_samples: DBSCAN core-point size, the point included (4).
-        k1: k-reciprocal neighbourhood size (30).
-        k2: Query-expansion neighbourhood size (6).
+        min_samples: DBSCAN core-point size, the point included.
+        k1: k-reciprocal neighbourhood size.
+        k2: Query-expansion neighbourhood size.
         knn_backend: ``auto``, ``torch`` or ``faiss``.
         kernels: ``auto``, ``numba`` or ``numpy``: compiled or numpy pseudo-label kernels.
+
+    The defaults of ``min_samples`` .. ``kernels`` are the pseudo-label library's
+    (:mod:`gur_lightning.clustering.options`; the reference's 4, 30, 6).
         cae_temperature: Softmax temperature of cross-memory association embeddings (0.05).
         cae_legacy_slicing: Reproduce the reference's camera-CAE slicing bug (§17.1).
         oracle: Ground-truth labels instead of clustering (the supervised upper bound only).
@@ -203,11 +225,11 @@ class ClusterConfig:
     eps: float = 0.6
     eps_intra_camera: float = 0.55
     eps_inter_modality: float = 0.6
-    min_samples: int = 4
-    k1: int = 30
-    k2: int = 6
-    knn_backend: str = "auto"
-    kernels: str = "auto"
+    min_samples: int = DEFAULT_MIN_SAMPLES
+    k1: int = DEFAULT_K1
+    k2: int = DEFAULT_K2
+    knn_backend: str = DEFAULT_KNN_BACKEND
+    kernels: str = DEFAULT_KERNELS
     cae_temperature: float = 0.05
     cae_legacy_slicing: bool = False
     oracle: bool = False
@@ -514,7 +536,7 @@ def validate_config(
     if isinstance(cfg, DictConfig):
         check_schema(cfg, schema)
     d, c, m = cfg.data, cfg.cluster, cfg.model
-    _check(d.name in DATASETS, "data.name", d.name, f"one of {DATASETS}")
+    _check(d.name in DATASET_NAMES, "data.name", d.name, f"one of {DATASET_NAMES}")
     if d.name == "regdb":
         _check(1 <= d.trial <= 10, "data.trial", d.trial, "a RegDB trial in 1..10")
     if d.synvi is not None:
@@ -543,18 +565,9 @@ def validate_config(
     _check(c.min_samples >= 1, "cluster.min_samples", c.min_samples, ">= 1")
     _check(c.k1 >= 1, "cluster.k1", c.k1, ">= 1")
     _check(1 <= c.k2 <= c.k1, "cluster.k2", c.k2, f"in 1..cluster.k1={c.k1}")
-    _check(
-        c.knn_backend in ("auto", "torch", "faiss"),
-        "cluster.knn_backend",
-        c.knn_backend,
-        "'auto', 'torch' or 'faiss'",
-    )
-    _check(
-        c.kernels in ("auto", "numba", "numpy"),
-        "cluster.kernels",
-        c.kernels,
-        "'auto', 'numba' or 'numpy'",
-    )
+    backend = c.knn_backend
+    _check(backend in KNN_BACKENDS, "cluster.knn_backend", backend, f"one of {KNN_BACKENDS}")
+    _check(c.kernels in KERNEL_CHOICES, "cluster.kernels", c.kernels, f"one of {KERNEL_CHOICES}")
     _check(c.cae_temperature > 0, "cluster.cae_temperature", c.cae_temperature, "> 0")
     _check(m.lr > 0, "model.lr", m.lr, "> 0")
     _check(m.weight_decay >= 0, "model.weight_decay", m.weight_decay, ">= 0")

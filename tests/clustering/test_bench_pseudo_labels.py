@@ -44,6 +44,6 @@ def test_benchmark_reports_the_kernels_it_ran(capsys):
     auto_run = pseudo_labels.main(["--n", "300", "--dim", "16", "--skip-baseline"])
     capsys.readouterr()
     assert numpy_run["kernels"] == "numpy" and numpy_run["identical"] is True
-    from gur_lightning.clustering.knn import _load_compiled_kernels
+    from gur_lightning.clustering.knn.backends import _load_compiled_kernels
 
     assert auto_run["kernels"] == ("numpy" if _load_compiled_kernels() is None else "numba")

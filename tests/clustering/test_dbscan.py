@@ -3,7 +3,13 @@ import pytest
 import scipy.sparse as sp
 from sklearn.cluster import DBSCAN
 
-from gur_lightning.clustering import dbscan_labels, dbscan_on_graph, jaccard_distance
+from gur_lightning.clustering import (
+    JaccardOptions,
+    KnnOptions,
+    dbscan_labels,
+    dbscan_on_graph,
+    jaccard_distance,
+)
 from gur_lightning.clustering.jaccard import JaccardTimings
 
 
@@ -30,6 +36,20 @@ def test_labels_identical_to_sklearn_on_dense_matrix(eps, min_samples):
     assert labels.dtype == np.int64
     np.testing.assert_array_equal(labels, expected)
     assert labels.max() >= 1  # several real clusters: not a vacuous match
+
+
+def test_jaccard_options_reach_the_distance():
+    """k1, k2 and the engine options travel to the Jaccard distance the labels are computed on."""
+    x, _ = _blobs(12, 18, 32, spread=1.2, noise=40, seed=1)
+    options = JaccardOptions(10, 3, knn=KnnOptions(block_size=64, kernels="numpy"))
+    expected = DBSCAN(eps=0.5, min_samples=4, metric="precomputed").fit_predict(
+        jaccard_distance(x, JaccardOptions(10, 3))
+    )
+    default = DBSCAN(eps=0.5, min_samples=4, metric="precomputed").fit_predict(jaccard_distance(x))
+    assert not np.array_equal(expected, default)  # k1 = 10 labels differently from k1 = 30
+    np.testing.assert_array_equal(dbscan_labels(x, 0.5, 4, jaccard=options), expected)
+    with pytest.raises(ValueError, match="knn_backend"):
+        dbscan_labels(x, 0.5, jaccard=JaccardOptions(knn=KnnOptions(backend="annoy")))
 
 
 def test_random_graphs_match_sklearn_incl_missing_self_loops():

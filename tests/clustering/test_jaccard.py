@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from gur_lightning.clustering import jaccard_distance
+from gur_lightning.clustering import JaccardOptions, KnnOptions, jaccard_distance
 from gur_lightning.clustering.jaccard import (
     JaccardTimings,
     half_k,
@@ -15,7 +15,8 @@ from gur_lightning.clustering.jaccard import (
     shared_support_pairs,
     similarity_threshold,
 )
-from gur_lightning.clustering.knn import _load_compiled_kernels, exact_knn
+from gur_lightning.clustering.knn import exact_knn
+from gur_lightning.clustering.knn.backends import _load_compiled_kernels
 from tests.clustering.reference import reference_jaccard
 
 KERNELS = _load_compiled_kernels()
@@ -67,7 +68,7 @@ def _cae_like(n: int) -> np.ndarray:
 def test_dense_equals_reference_port(case, kernels):
     x = CASES[case]()
     ref = reference_jaccard(x, 30, 6)
-    ours = jaccard_distance(x, 30, 6, kernels=kernels)
+    ours = jaccard_distance(x, JaccardOptions(30, 6, knn=KnnOptions(kernels=kernels)))
     assert ours.dtype == np.float32 and ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
     # Not a vacuous match: the clustered cases have many close pairs.
@@ -78,7 +79,10 @@ def test_dense_equals_reference_port(case, kernels):
 def test_dense_equals_reference_other_k(k1, k2):
     x = _clustered(150, 16, seed=k1)
     np.testing.assert_allclose(
-        jaccard_distance(x, k1, k2), reference_jaccard(x, k1, k2), atol=1e-5, rtol=0
+        jaccard_distance(x, JaccardOptions(k1, k2)),
+        reference_jaccard(x, k1, k2),
+        atol=1e-5,
+        rtol=0,
     )
 
 
@@ -86,8 +90,10 @@ def test_dense_equals_reference_other_k(k1, k2):
 @pytest.mark.parametrize("max_distance", [0.0, 0.3, 0.6, 0.95])
 def test_sparse_holds_exactly_the_pairs_within_max_distance(max_distance, kernels):
     x = _with_duplicates(_clustered(220, 32, per=25, seed=3))
-    dense = jaccard_distance(x, kernels="numpy")
-    graph = jaccard_distance(x, max_distance=max_distance, kernels=kernels)
+    dense = jaccard_distance(x, JaccardOptions(knn=KnnOptions(kernels="numpy")))
+    graph = jaccard_distance(
+        x, JaccardOptions(knn=KnnOptions(kernels=kernels)), max_distance=max_distance
+    )
     assert sp.issparse(graph) and graph.format == "csr"
     assert graph.has_sorted_indices
     stored = np.zeros(dense.shape, dtype=bool)
@@ -122,7 +128,7 @@ def test_two_thirds_rule_is_the_integer_rule():
 def _numpy_peak(n: int) -> tuple[int, int]:
     x = _clustered(n, 32, per=20, spread=0.3, seed=7)
     tracemalloc.start()
-    graph = jaccard_distance(x, max_distance=0.6, block_size=256)
+    graph = jaccard_distance(x, JaccardOptions(knn=KnnOptions(block_size=256)), max_distance=0.6)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return peak, graph.nnz
@@ -140,13 +146,15 @@ def test_sparse_path_memory_grows_linearly():
 
 def test_all_identical_features():
     x = np.tile(_random(1, 8), (40, 1))
-    np.testing.assert_allclose(jaccard_distance(x, 10, 3), reference_jaccard(x, 10, 3), atol=1e-5)
+    np.testing.assert_allclose(
+        jaccard_distance(x, JaccardOptions(10, 3)), reference_jaccard(x, 10, 3), atol=1e-5
+    )
 
 
 def test_fewer_points_than_k1_reduces_k1(caplog):
     x = _clustered(12, 8)
     with caplog.at_level(logging.WARNING, logger="gur_lightning.clustering.jaccard"):
-        d = jaccard_distance(x, k1=30, k2=6)
+        d = jaccard_distance(x, JaccardOptions(k1=30, k2=6))
     assert "k1=30" in caplog.text
     np.testing.assert_allclose(d, reference_jaccard(x, 12, 6), atol=1e-5)
     one = jaccard_distance(x[:1])
@@ -169,9 +177,17 @@ def test_timings_are_filled():
         (np.zeros(5, dtype=np.float32), {}, "2-D"),
         (np.zeros((0, 4), dtype=np.float32), {}, "empty"),
         (np.eye(4, dtype=np.float32), {"max_distance": 1.0}, r"\[0, 1\)"),
-        (np.eye(4, dtype=np.float32), {"k1": 0}, "k1"),
-        (np.eye(4, dtype=np.float32), {"knn_backend": "annoy"}, "knn_backend"),
-        (np.eye(4, dtype=np.float32), {"device": "meta"}, "device"),
+        (np.eye(4, dtype=np.float32), {"options": JaccardOptions(k1=0)}, "k1"),
+        (
+            np.eye(4, dtype=np.float32),
+            {"options": JaccardOptions(knn=KnnOptions(backend="annoy"))},
+            "knn_backend",
+        ),
+        (
+            np.eye(4, dtype=np.float32),
+            {"options": JaccardOptions(knn=KnnOptions(device="meta"))},
+            "device",
+        ),
         (torch.zeros((4, 4), device="meta"), {}, "device 'meta'"),
         (np.array([[1, 2], [3, 4]], dtype=complex), {}, "real numbers"),
     ],
@@ -184,7 +200,8 @@ def test_bad_input_is_rejected_clearly(features, kwargs, match):
 def test_integer_and_float64_input_are_cast():
     x = _clustered(60, 8)
     np.testing.assert_array_equal(
-        jaccard_distance(x.astype(np.float64), 10, 3), jaccard_distance(x, 10, 3)
+        jaccard_distance(x.astype(np.float64), JaccardOptions(10, 3)),
+        jaccard_distance(x, JaccardOptions(10, 3)),
     )
 
 

@@ -2,17 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from gur_lightning.clustering import knn as knn_module
 from gur_lightning.clustering.knn import (
-    RANK_MERGE_WIDTH,
-    _Pool,
+    KnnOptions,
     exact_knn,
     faiss_available,
     resolve_kernels,
 )
+from gur_lightning.clustering.knn import backends as knn_backends
+from gur_lightning.clustering.knn import engines as knn_engines
+from gur_lightning.clustering.knn.pool import RANK_MERGE_WIDTH, _Pool
 from tests.clustering.reference import reference_knn
 
-KERNELS = knn_module._load_compiled_kernels()
+KERNELS = knn_backends._load_compiled_kernels()
 needs_numba = pytest.mark.skipif(KERNELS is None, reason="numba kernels unavailable")
 SCAN_ENGINES = ["numpy", pytest.param("numba", marks=needs_numba)]
 
@@ -39,7 +40,9 @@ def test_matches_float64_brute_force_with_duplicates(block_size, kernels):
     x = _clustered(400, 24)
     x[[7, 150, 399]] = x[3]  # exact duplicates: ties resolved by index
     ref = reference_knn(x, 30)
-    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=block_size, kernels=kernels)
+    res = exact_knn(
+        x, 30, boundaries=(6, 16, 30), options=KnnOptions(block_size=block_size, kernels=kernels)
+    )
     assert res.indices.shape == (400, 30)
     assert _sets_equal(res.indices, ref, (6, 16, 30))
     # dots are the float32 inner products of the listed pairs
@@ -52,7 +55,7 @@ def test_exact_duplicates_order_by_index():
     x = rng.standard_normal((50, 8)).astype(np.float32)
     dups = [10, 20, 30, 40, 45]
     x[dups] = x[10]
-    res = exact_knn(x, 3, block_size=16)
+    res = exact_knn(x, 3, options=KnnOptions(block_size=16))
     # Five points at distance 0 from each other: every one lists the three lowest indices.
     for i in dups:
         assert set(res.indices[i].tolist()) == {10, 20, 30}
@@ -91,14 +94,16 @@ def test_low_precision_proposals_are_certified_exact(proposal):
     x = _clustered(300, 32, seed=2)
     x[[10, 20]] = x[5]
     ref = reference_knn(x, 30)
-    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=128, proposal_dtype=proposal)
+    res = exact_knn(
+        x, 30, boundaries=(6, 16, 30), options=KnnOptions(block_size=128, proposal_dtype=proposal)
+    )
     assert _sets_equal(res.indices, ref, (6, 16, 30))
     expect = np.einsum("nd,nkd->nk", x.astype(np.float64), x[res.indices].astype(np.float64))
     np.testing.assert_allclose(res.dots, expect, atol=1e-5)
 
 
 def test_int8_proposal_bound_holds():
-    from gur_lightning.clustering.knn import _ProposalProduct
+    from gur_lightning.clustering.knn.products import _ProposalProduct
 
     x = torch.from_numpy(_clustered(200, 64, seed=6) * 3.0)
     norms = (x * x).sum(1).numpy()
@@ -116,7 +121,7 @@ def test_k_equal_to_n_and_errors():
     with pytest.raises(ValueError, match="only N=20"):
         exact_knn(x, 21)
     with pytest.raises(ValueError, match="knn_backend"):
-        exact_knn(x, 3, backend="annoy")
+        exact_knn(x, 3, options=KnnOptions(backend="annoy"))
     with pytest.raises(ValueError, match="NaN"):
         exact_knn(np.full((5, 3), np.nan, dtype=np.float32), 2)
     with pytest.raises(ValueError, match="device"):
@@ -134,7 +139,7 @@ def test_torch_input_and_numpy_input_agree():
 def test_faiss_backend_matches():
     x = _clustered(300, 24, seed=4)
     ref = reference_knn(x, 30)
-    res = exact_knn(x, 30, boundaries=(6, 16, 30), backend="faiss")
+    res = exact_knn(x, 30, boundaries=(6, 16, 30), options=KnnOptions(backend="faiss"))
     assert res.backend.startswith("faiss")
     assert _sets_equal(res.indices, ref, (6, 16, 30))
 
@@ -143,8 +148,8 @@ def test_row_chunk_engine_matches_blocked_engine():
     # The GPU engine (row chunks + topk) is device-agnostic: run it on CPU tensors here.
     x = _clustered(500, 16, seed=8)
     norms = (x * x).sum(1)
-    chunked = knn_module._chunked_gpu_pool(torch.from_numpy(x), 39, None)
-    blocked = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 128, None)
+    chunked = knn_engines._chunked_gpu_pool(torch.from_numpy(x), 39, None)
+    blocked = knn_engines._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 128, None)
     for i in range(500):
         assert set(chunked.idx[i, :31].tolist()) == set(blocked.idx[i, :31].tolist())
     np.testing.assert_allclose(chunked.key, blocked.key, atol=1e-5)
@@ -171,11 +176,13 @@ def test_pipelined_workers_give_the_serial_result(threads, kernels):
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        serial = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
+        serial = knn_engines._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
         torch.set_num_threads(threads)
-        pooled = knn_module._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
+        pooled = knn_engines._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
         assert torch.get_num_threads() == threads  # the caller's thread count is restored
-        res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=64, kernels=kernels)
+        res = exact_knn(
+            x, 30, boundaries=(6, 16, 30), options=KnnOptions(block_size=64, kernels=kernels)
+        )
     finally:
         torch.set_num_threads(saved)
     np.testing.assert_array_equal(pooled.idx, serial.idx)
@@ -240,8 +247,8 @@ def test_compiled_scan_keeps_the_exact_top_keys_like_the_numpy_scan(n, block, de
     x = _integer_points(n, 5, seed=n)
     norms = (x * x).sum(1)
     xt = torch.from_numpy(x)
-    compiled = knn_module._blocked_cpu_pool(xt, norms, depth, block, None, KERNELS)
-    plain = knn_module._blocked_cpu_pool(xt, norms, depth, block, None, None)
+    compiled = knn_engines._blocked_cpu_pool(xt, norms, depth, block, None, KERNELS)
+    plain = knn_engines._blocked_cpu_pool(xt, norms, depth, block, None, None)
     np.testing.assert_array_equal(compiled.idx, plain.idx)
     np.testing.assert_array_equal(compiled.key, plain.key)
     np.testing.assert_array_equal(compiled.dot, plain.dot)
@@ -267,8 +274,12 @@ def test_compiled_scan_keeps_the_exact_top_keys_like_the_numpy_scan(n, block, de
 def test_compiled_scan_reads_non_contiguous_blocks_and_short_edges():
     """The last block is narrower than the buffer it is a view of (rows strided by ``side``)."""
     x = _clustered(203, 12, seed=9)
-    res_numba = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=64, kernels="numba")
-    res_numpy = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=64, kernels="numpy")
+    res_numba = exact_knn(
+        x, 30, boundaries=(6, 16, 30), options=KnnOptions(block_size=64, kernels="numba")
+    )
+    res_numpy = exact_knn(
+        x, 30, boundaries=(6, 16, 30), options=KnnOptions(block_size=64, kernels="numpy")
+    )
     np.testing.assert_array_equal(res_numba.indices, res_numpy.indices)
     np.testing.assert_array_equal(res_numba.dots, res_numpy.dots)
     assert _sets_equal(res_numba.indices, reference_knn(x, 30), (6, 16, 30))
@@ -276,10 +287,10 @@ def test_compiled_scan_reads_non_contiguous_blocks_and_short_edges():
 
 def test_kernels_choice_and_fallback(monkeypatch, caplog):
     with pytest.raises(ValueError, match="kernels must be 'auto', 'numba' or 'numpy'"):
-        exact_knn(_clustered(20, 4), 3, kernels="cython")
+        exact_knn(_clustered(20, 4), 3, options=KnnOptions(kernels="cython"))
     assert resolve_kernels("numpy") is None
     # Without numba, "auto" falls back to numpy and an explicit "numba" says what to do.
-    monkeypatch.setattr(knn_module, "_load_compiled_kernels", lambda: None)
+    monkeypatch.setattr(knn_backends, "_load_compiled_kernels", lambda: None)
     assert resolve_kernels("auto") is None
     with pytest.raises(ValueError, match="pip install numba"):
         resolve_kernels("numba")
@@ -297,7 +308,7 @@ def test_kernel_import_failure_is_logged_once(monkeypatch, caplog):
             raise ImportError("No module named 'numba'")
         return real_import(name, globals, locals, fromlist, level)
 
-    loader = knn_module._load_compiled_kernels
+    loader = knn_backends._load_compiled_kernels
     loader.cache_clear()
     monkeypatch.setattr(builtins, "__import__", no_kernels)
     try:
@@ -316,7 +327,7 @@ def test_kernel_import_failure_is_logged_once(monkeypatch, caplog):
 def test_diagonal_block_multiplied_as_a_recursive_triangle(size):
     """Blocks of 512+ rows are split into triangles: the result is the full product, exactly
     symmetric (every lower quarter is a transpose), and the strided buffer view is honoured."""
-    from gur_lightning.clustering.knn import MIN_DIAGONAL_SPLIT, _ProposalProduct
+    from gur_lightning.clustering.knn.products import MIN_DIAGONAL_SPLIT, _ProposalProduct
 
     assert size >= 2 * MIN_DIAGONAL_SPLIT  # the split path, not one plain product
     rng = np.random.default_rng(size)
@@ -335,5 +346,7 @@ def test_diagonal_block_multiplied_as_a_recursive_triangle(size):
 def test_large_diagonal_blocks_give_the_float64_neighbours(kernels):
     x = _clustered(1300, 16, seed=11)
     x[[700, 1299]] = x[3]
-    res = exact_knn(x, 30, boundaries=(6, 16, 30), block_size=1024, kernels=kernels)
+    res = exact_knn(
+        x, 30, boundaries=(6, 16, 30), options=KnnOptions(block_size=1024, kernels=kernels)
+    )
     assert _sets_equal(res.indices, reference_knn(x, 30), (6, 16, 30))

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from gur_lightning.data import (
+    DATASET_NAMES,
+    DATASETS,
     DatasetLayoutError,
     DatasetPathMissingError,
     ImageReadError,
@@ -20,6 +22,8 @@ from gur_lightning.data import (
     load_dataset,
     read_image,
 )
+from gur_lightning.data.readers import LLCMDataset, RegDBDataset, SYSUMM01Dataset
+from gur_lightning.synvi import LAYOUTS as SYNVI_LAYOUTS
 
 
 def _write_image(path: Path, value: int = 0) -> None:
@@ -253,6 +257,15 @@ def test_sysu_empty_train_and_empty_folder_are_errors(sysu_root: Path) -> None:
 def test_unknown_dataset_lists_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'market'.*\['llcm', 'regdb', 'sysu'\]"):
         load_dataset("market", tmp_path)
+
+
+def test_registry_maps_each_name_to_its_reader() -> None:
+    # The three published data sets, in the order the config error lists them.
+    assert DATASET_NAMES == ("sysu", "regdb", "llcm")
+    assert DATASETS == {"sysu": SYSUMM01Dataset, "regdb": RegDBDataset, "llcm": LLCMDataset}
+    assert all(reader.name == name for name, reader in DATASETS.items())
+    # SynVI writes only layouts that a reader reads back.
+    assert set(SYNVI_LAYOUTS) <= set(DATASET_NAMES)
 
 
 # ------------------------------------------------------------------------------------------

@@ -32,7 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gur_lightning.clustering.knn import KERNEL_CHOICES
+from gur_lightning.clustering.options import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_K1,
+    DEFAULT_K2,
+    DEFAULT_KERNELS,
+    DEFAULT_MIN_SAMPLES,
+    KERNEL_CHOICES,
+)
 
 DEFAULT_ARGS: list[list[str]] = [
     ["--n", "10000", "--threads", "2"],
@@ -195,7 +202,13 @@ def _peak_rss_mb() -> float:
 
 
 def _run_fast(args: argparse.Namespace) -> dict:
-    from gur_lightning.clustering import JaccardTimings, cluster_statistics, dbscan_labels
+    from gur_lightning.clustering import (
+        JaccardOptions,
+        JaccardTimings,
+        KnnOptions,
+        cluster_statistics,
+        dbscan_labels,
+    )
     from gur_lightning.clustering.knn import resolve_kernels, resolve_knn_backend
 
     x, truth = synthetic_features(args.n, args.dim, args.seed)
@@ -207,16 +220,15 @@ def _run_fast(args: argparse.Namespace) -> dict:
     rss_before = _peak_rss_mb()
     timings = JaccardTimings()
     start, cpu_start = time.perf_counter(), time.process_time()
+    knn = KnnOptions(
+        block_size=args.block_size, proposal_dtype=PROPOSALS[args.proposal], kernels=args.kernels
+    )
     labels = dbscan_labels(
         x,
         eps=args.eps,
         min_samples=args.min_samples,
-        k1=args.k1,
-        k2=args.k2,
+        jaccard=JaccardOptions(k1=args.k1, k2=args.k2, knn=knn),
         timings=timings,
-        block_size=args.block_size,
-        proposal_dtype=PROPOSALS[args.proposal],
-        kernels=args.kernels,
     )
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
@@ -275,11 +287,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="number of points")
     p.add_argument("--dim", type=int, default=2048, help="feature dimension (2048)")
     p.add_argument("--eps", type=float, default=0.6, help="DBSCAN radius (0.6)")
-    p.add_argument("--min-samples", type=int, default=4)
-    p.add_argument("--k1", type=int, default=30)
-    p.add_argument("--k2", type=int, default=6)
+    p.add_argument("--min-samples", type=int, default=DEFAULT_MIN_SAMPLES)
+    p.add_argument("--k1", type=int, default=DEFAULT_K1)
+    p.add_argument("--k2", type=int, default=DEFAULT_K2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--block-size", type=int, default=2048, help="CPU kNN block rows")
+    p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="CPU kNN block rows")
     p.add_argument(
         "--proposal",
         choices=sorted(PROPOSALS),
@@ -289,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
-        default="auto",
+        default=DEFAULT_KERNELS,
         help="compiled (numba) or numpy kNN scan, reciprocal sets and Jaccard sums (default: "
         "numba when installed; same labels either way)",
     )

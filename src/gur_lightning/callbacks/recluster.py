@@ -41,6 +41,15 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from gur_lightning.clustering.options import (
+    DEFAULT_K1,
+    DEFAULT_K2,
+    DEFAULT_KERNELS,
+    DEFAULT_KNN_BACKEND,
+    DEFAULT_MIN_SAMPLES,
+    KernelChoice,
+    KnnBackend,
+)
 from gur_lightning.data.datamodule import LabelledSet, VIReIDDataModule, fitted_datamodule
 from gur_lightning.data.samplers import NotEnoughClustersError
 from gur_lightning.data.samples import Sample
@@ -157,11 +166,11 @@ class Reclustering(Callback):
         eps: float = 0.6,
         eps_intra_camera: float = 0.55,
         eps_inter_modality: float = 0.6,
-        min_samples: int = 4,
-        k1: int = 30,
-        k2: int = 6,
-        knn_backend: str = "auto",
-        kernels: str = "auto",
+        min_samples: int = DEFAULT_MIN_SAMPLES,
+        k1: int = DEFAULT_K1,
+        k2: int = DEFAULT_K2,
+        knn_backend: KnnBackend = DEFAULT_KNN_BACKEND,
+        kernels: KernelChoice = DEFAULT_KERNELS,
         cae_temperature: float = 0.05,
         cae_legacy_slicing: bool = False,
         cmlu_topk: int = 20,
@@ -546,18 +555,19 @@ class Reclustering(Callback):
         )
 
     def _cluster_labels(self, features: torch.Tensor, eps: float) -> np.ndarray:
-        from gur_lightning.clustering import JaccardTimings, dbscan_labels
+        from gur_lightning.clustering import (
+            JaccardOptions,
+            JaccardTimings,
+            KnnOptions,
+            dbscan_labels,
+        )
 
         timings = JaccardTimings()
+        jaccard = JaccardOptions(
+            k1=self.k1, k2=self.k2, knn=KnnOptions(backend=self.knn_backend, kernels=self.kernels)
+        )
         labels = dbscan_labels(
-            features,
-            eps=eps,
-            min_samples=self.min_samples,
-            k1=self.k1,
-            k2=self.k2,
-            knn_backend=self.knn_backend,
-            kernels=self.kernels,
-            timings=timings,
+            features, eps=eps, min_samples=self.min_samples, jaccard=jaccard, timings=timings
         )
         self._knn_backend_used = timings.knn_backend
         return labels

@@ -29,18 +29,11 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from gur_lightning.clustering._validation import check_positive_int
-from gur_lightning.clustering.jaccard import (
-    DEFAULT_K1,
-    DEFAULT_K2,
-    JaccardTimings,
-    jaccard_distance,
-)
+from gur_lightning.clustering.jaccard import JaccardTimings, jaccard_distance
+from gur_lightning.clustering.options import DEFAULT_MIN_SAMPLES, JaccardOptions
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-DEFAULT_MIN_SAMPLES = 4
-"""DBSCAN ``min_samples`` (docs/method.md §7.3; counts the point itself)."""
 
 
 def dbscan_on_graph(
@@ -100,16 +93,14 @@ def dbscan_labels(
     features: Any,
     eps: float,
     min_samples: int = DEFAULT_MIN_SAMPLES,
-    k1: int = DEFAULT_K1,
-    k2: int = DEFAULT_K2,
     *,
+    jaccard: JaccardOptions | None = None,
     timings: JaccardTimings | None = None,
-    **knn_kwargs: Any,
 ) -> np.ndarray:
     """Pseudo-labels: DBSCAN on the k-reciprocal Jaccard distance (docs/method.md §7.2-7.3).
 
     Identical to ``sklearn.cluster.DBSCAN(eps, min_samples=min_samples,
-    metric="precomputed").fit_predict(jaccard_distance(features, k1, k2))``, computed through
+    metric="precomputed").fit_predict(jaccard_distance(features, jaccard))``, computed through
     the sparse path in memory that grows with N·k.
 
     Args:
@@ -117,11 +108,9 @@ def dbscan_labels(
             :func:`~gur_lightning.clustering.jaccard.jaccard_distance`).
         eps: DBSCAN radius in (0, 1) (0.6 / 0.55 / 0.3 in the reference, docs/method.md §7.3).
         min_samples: Neighbours (self included) that make a core point.
-        k1: k-reciprocal neighbourhood size.
-        k2: Query-expansion size.
+        jaccard: ``k1``, ``k2`` and the kNN engine options of the Jaccard distance (default
+            :class:`~gur_lightning.clustering.options.JaccardOptions`).
         timings: Optional record filled with per-step seconds (``extra["dbscan"]`` included).
-        **knn_kwargs: Passed to :func:`~gur_lightning.clustering.jaccard.jaccard_distance`
-            (``knn_backend``, ``device``, ``block_size``, ``tie_tolerance``, ...).
 
     Returns:
         (N,) int64 labels ``0..K-1`` in scikit-learn's order, ``-1`` for outliers. All points
@@ -137,7 +126,7 @@ def dbscan_labels(
         )
     min_samples = check_positive_int(min_samples, "min_samples")
     timings = timings if timings is not None else JaccardTimings()
-    graph = jaccard_distance(features, k1, k2, max_distance=eps, timings=timings, **knn_kwargs)
+    graph = jaccard_distance(features, jaccard, max_distance=eps, timings=timings)
     start = time.perf_counter()
     labels = dbscan_on_graph(graph, eps, min_samples)
     timings.extra["dbscan"] = time.perf_counter() - start

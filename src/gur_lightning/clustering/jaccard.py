@@ -35,26 +35,12 @@ import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from gur_lightning.clustering._validation import as_feature_tensor, check_positive_int
-from gur_lightning.clustering.knn import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_POOL_EXTRA,
-    DEFAULT_PROPOSAL_MARGIN,
-    DEFAULT_TIE_TOLERANCE,
-    KernelChoice,
-    KnnBackend,
-    KnnResult,
-    exact_knn,
-    pair_dots,
-    resolve_kernels,
-)
+from gur_lightning.clustering.knn import KnnResult, exact_knn, pair_dots, resolve_kernels
+from gur_lightning.clustering.options import JaccardOptions
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-DEFAULT_K1 = 30
-"""k-reciprocal neighbourhood size (docs/method.md §7.2, argparse ``--k1 30``)."""
-DEFAULT_K2 = 6
-"""Query-expansion neighbourhood size (docs/method.md §7.2, argparse ``--k2 6``)."""
 JACCARD_CHUNK_ROWS = 64
 """Rows per accumulation chunk: small enough that the (rows x partners) buffer stays in cache."""
 PREFILTER_MARGIN = 1e-4
@@ -408,18 +394,9 @@ def _as_symmetric_csr(
 
 def jaccard_distance(
     features: Any,
-    k1: int = DEFAULT_K1,
-    k2: int = DEFAULT_K2,
-    max_distance: float | None = None,
+    options: JaccardOptions | None = None,
     *,
-    knn_backend: KnnBackend = "auto",
-    device: Any | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-    pool_extra: int = DEFAULT_POOL_EXTRA,
-    proposal_dtype: Any | None = None,
-    proposal_margin: int = DEFAULT_PROPOSAL_MARGIN,
-    kernels: KernelChoice = "auto",
+    max_distance: float | None = None,
     timings: JaccardTimings | None = None,
 ) -> np.ndarray | sp.csr_matrix:
     """k-reciprocal Jaccard distance of docs/method.md §7.2 (the reference's ``search_option=3``).
@@ -427,27 +404,18 @@ def jaccard_distance(
     Args:
         features: (N, D) torch tensor (CPU or CUDA) or numpy array, fed as the method feeds them
             (flip-averaged features or CAE vectors; not re-normalised, §17.11).
-        k1: k-reciprocal neighbourhood size. If ``N < k1`` it is reduced to ``N`` (a warning is
-            logged; the reference would index faiss's ``-1`` padding instead). Every point is
-            then in every other's reciprocal set, so the distances shrink (typically below
-            0.5) and DBSCAN tends to find one cluster: use a ``k1`` well below N on tiny data.
-        k2: Query-expansion size (reduced to ``k1`` if larger; ``1`` disables the expansion).
+        options: ``k1``, ``k2`` and the kNN engine options (default
+            :class:`~gur_lightning.clustering.options.JaccardOptions`). If ``N < k1``, ``k1`` is
+            reduced to ``N`` (a warning is logged; the reference would index faiss's ``-1``
+            padding instead). Every point is then in every other's reciprocal set, so the
+            distances shrink (typically below 0.5) and DBSCAN tends to find one cluster: use a
+            ``k1`` well below N on tiny data. ``k2`` is reduced to ``k1`` if larger; ``1``
+            disables the expansion. ``options.knn.kernels`` also picks the compiled or numpy
+            reciprocal sets and Jaccard accumulation (same result).
         max_distance: ``None`` for the dense (N, N) float32 matrix; otherwise a number in
             ``[0, 1)`` and a ``scipy.sparse`` CSR matrix holding every pair with
             ``d <= max_distance`` (both triangles and the diagonal, zeros stored explicitly,
             column indices sorted). No N x N array is formed.
-        knn_backend: ``"auto"``, ``"torch"`` or ``"faiss"``
-            (:func:`~gur_lightning.clustering.knn.resolve_knn_backend`).
-        device: Device of the torch kNN (default: the features' device).
-        block_size: Block rows of the CPU kNN.
-        tie_tolerance: Near-tie guard of the kNN (0 keeps raw float32 order).
-        pool_extra: kNN candidates kept beyond k1 + 1 for the guard.
-        proposal_dtype: ``torch.bfloat16`` / ``torch.float16`` proposals with certified exact
-            rescoring, or ``None`` (float32 product).
-        proposal_margin: Extra proposed candidates per row.
-        kernels: ``"auto"``, ``"numba"`` or ``"numpy"``: compiled or numpy kNN block scan and
-            Jaccard accumulation (:func:`~gur_lightning.clustering.knn.resolve_kernels`); the
-            result is the same.
         timings: Optional record filled with per-step seconds and sizes.
 
     Returns:
@@ -457,10 +425,11 @@ def jaccard_distance(
     Raises:
         ValueError: On invalid features (not 2-D, empty, NaN/inf, unsupported device) or options.
     """
+    opts = options if options is not None else JaccardOptions()
     x_t = as_feature_tensor(features)
     n = x_t.shape[0]
-    k1 = check_positive_int(k1, "k1")
-    k2 = check_positive_int(k2, "k2")
+    k1 = check_positive_int(opts.k1, "k1")
+    k2 = check_positive_int(opts.k2, "k2")
     if max_distance is not None and not 0.0 <= float(max_distance) < 1.0:
         raise ValueError(
             f"max_distance must lie in [0, 1) (pairs without a shared column sit at 1, so a "
@@ -477,26 +446,14 @@ def jaccard_distance(
     k2 = min(k2, k1)
     timings = timings if timings is not None else JaccardTimings()
     kh = min(half_k(k1) + 1, k1)
-    knn = exact_knn(
-        x_t,
-        k1,
-        boundaries=(k2, kh, k1),
-        backend=knn_backend,
-        device=device,
-        block_size=block_size,
-        tie_tolerance=tie_tolerance,
-        pool_extra=pool_extra,
-        proposal_dtype=proposal_dtype,
-        proposal_margin=proposal_margin,
-        kernels=kernels,
-    )
+    knn = exact_knn(x_t, k1, boundaries=(k2, kh, k1), options=opts.knn)
     timings.knn = knn.seconds
     timings.knn_backend = knn.backend
     timings.knn_rows_rescored = knn.rows_rescored
     timings.knn_rows_recomputed = knn.rows_recomputed
     t0 = time.perf_counter()
     x = x_t.cpu().numpy()
-    compiled = resolve_kernels(kernels)
+    compiled = resolve_kernels(opts.knn.kernels)
     _, _, e_mat = reciprocal_expansion(knn.indices, k1, compiled)
     v_mat = softmax_weights(x, knn, e_mat, k1)
     vqe = query_expansion(v_mat, knn.indices, k2)

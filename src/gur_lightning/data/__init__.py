@@ -1,6 +1,7 @@
 """Data: readers for SYSU-MM01, RegDB and LLCM raw layouts, SynVI, transforms and samplers."""
 
 from gur_lightning.data.readers import (
+    DATASET_NAMES,
     DATASETS,
     DatasetLayoutError,
     DatasetPathMissingError,
@@ -16,6 +17,7 @@ from gur_lightning.data.samples import MODALITIES, MODALITY_INDEX, Modality, Sam
 
 __all__ = [
     "DATASETS",
+    "DATASET_NAMES",
     "MODALITIES",
     "MODALITY_INDEX",
     "DatasetLayoutError",

@@ -45,7 +45,12 @@ from typing import Any, Literal
 import PIL
 from PIL import Image
 
-from gur_lightning.data.readers import DATASETS, DatasetLayoutError, VIReIDDataset, load_dataset
+from gur_lightning.data.readers import (
+    DATASET_NAMES,
+    DatasetLayoutError,
+    VIReIDDataset,
+    load_dataset,
+)
 from gur_lightning.data.samples import MODALITIES, Sample
 from gur_lightning.utils.logging import get_logger
 
@@ -700,7 +705,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Decode every image of a data set and compare its counts with the "
         "published figures; exit 1 listing every bad file.",
     )
-    parser.add_argument("dataset", choices=sorted(DATASETS), help="raw layout to read")
+    parser.add_argument("dataset", choices=sorted(DATASET_NAMES), help="raw layout to read")
     parser.add_argument("root", help="the data set's root folder")
     parser.add_argument(
         "--trial", type=int, default=None, help="RegDB identity split 1..10 (default 1)"

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gur_lightning.data import MODALITIES, MODALITY_INDEX
 from gur_lightning.data.datamodule import SKIP_KEY
+from gur_lightning.data.samples import MODALITIES, MODALITY_INDEX
 from gur_lightning.models.losses import adc_loss, duplicate_views
 from gur_lightning.models.memory import MEMORY_MOMENTUM, TEMPERATURE, ClusterMemory, UpdateMode
 from gur_lightning.utils.distributed import gather_tensors

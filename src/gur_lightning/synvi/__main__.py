@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gur_lightning.synvi.config import LAYOUTS, PRESETS
+from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED, LAYOUTS, PRESETS
 from gur_lightning.synvi.generate import generate_synvi, read_marker
 
 log = logging.getLogger("gur_lightning.synvi")
@@ -34,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--layout", choices=LAYOUTS, required=True)
     parser.add_argument("--out", type=Path, required=True, help="data set root to write")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--ids", type=int, default=None, help="identities (default per layout)")
-    parser.add_argument("--preset", choices=PRESETS, default="default")
+    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--images-per-camera", type=int, default=None)

@@ -232,10 +232,16 @@ _MAX_LLCM_CAMERAS = 99
 _MIN_IDS = {"sysu": 3, "regdb": 2, "llcm": 2}
 
 
+#: Preset and seed of a tree when the caller names none (the CLI, :func:`generate_synvi` and the
+#: ``data.synvi`` node of the training config take them from here).
+DEFAULT_PRESET = "default"
+DEFAULT_SEED = 0
+
+
 def resolve_config(
     layout: str,
     *,
-    preset: str = "default",
+    preset: str = DEFAULT_PRESET,
     num_ids: int | None = None,
     height: int = 128,
     width: int = 64,

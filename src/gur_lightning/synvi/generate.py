@@ -21,7 +21,12 @@ from typing import Any
 
 from PIL import Image
 
-from gur_lightning.synvi.config import GENERATOR_VERSION, resolve_config
+from gur_lightning.synvi.config import (
+    DEFAULT_PRESET,
+    DEFAULT_SEED,
+    GENERATOR_VERSION,
+    resolve_config,
+)
 from gur_lightning.synvi.layouts import ImageJob, build_world, plan_tree
 from gur_lightning.synvi.render import render_image
 from gur_lightning.synvi.world import World
@@ -42,9 +47,9 @@ JPEG_SUBSAMPLING = 2
 def tree_parameters(
     layout: str,
     *,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     num_ids: int | None = None,
-    preset: str = "default",
+    preset: str = DEFAULT_PRESET,
     height: int = 128,
     width: int = 64,
     **overrides: Any,
@@ -219,9 +224,9 @@ def generate_synvi(
     layout: str,
     out: str | Path,
     *,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     num_ids: int | None = None,
-    preset: str = "default",
+    preset: str = DEFAULT_PRESET,
     height: int = 128,
     width: int = 64,
     workers: int | None = None,

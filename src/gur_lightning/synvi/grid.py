@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gur_lightning.synvi.config import PRESETS, resolve_config
+from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED, PRESETS, resolve_config
 from gur_lightning.synvi.layouts import SYSU_CAMERAS, build_world
 from gur_lightning.synvi.render import render_image
 from gur_lightning.synvi.world import World
@@ -62,8 +62,8 @@ def pick_identities(world: World, count: int) -> list[int]:
 def render_grid(
     out: str | Path,
     *,
-    seed: int = 0,
-    preset: str = "default",
+    seed: int = DEFAULT_SEED,
+    preset: str = DEFAULT_PRESET,
     num_identities: int = 8,
     height: int = 128,
     width: int = 64,
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m gur_lightning.synvi.grid --out FILE.png``."""
     parser = argparse.ArgumentParser(prog="python -m gur_lightning.synvi.grid")
     parser.add_argument("--out", type=Path, default=Path("docs/synvi_grid.png"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=PRESETS, default="default")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET)
     parser.add_argument("--ids", type=int, default=8, help="identities (rows)")
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
