@@ -594,6 +594,12 @@ def validate_config(
         ">= 0",
     )
     _check(
+        cfg.eval.max_trials is None or cfg.eval.max_trials >= 1,
+        "eval.max_trials",
+        cfg.eval.max_trials,
+        "null (every trial) or >= 1",
+    )
+    _check(
         0 <= cfg.eval.min_trained_share <= 1,
         "eval.min_trained_share",
         cfg.eval.min_trained_share,

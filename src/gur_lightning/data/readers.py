@@ -10,12 +10,14 @@ Listing a split never opens an image; a corrupt file is reported by :func:`read_
 input pipeline reads it. Every listing goes through :func:`os.scandir` and each folder is listed
 and sorted once, when the data set is loaded.
 
-Typical use by an evaluation loop::
+Which split builder (:meth:`VIReIDDataset.test_split`, ``test_samples``, ``validation_split``)
+serves which evaluation setting, and with which trials, is the protocol table's business
+(:mod:`gur_lightning.data.protocols`)::
 
     ds = load_dataset("sysu", root)
-    for proto in ds.protocols():
-        for trial in proto["trials"]:
-            query, gallery = ds.test_split(**proto["kwargs"], trial=trial)
+    for protocol in official_protocols(ds.name):
+        for trial in protocol.trial_values(ds):
+            query, gallery = protocol.build(ds, trial)
 """
 
 from __future__ import annotations
@@ -80,9 +82,6 @@ LLCM_LAYOUT = (
 # LLCM file names start with the identity and the camera: ``0001_c01_s170100_f3120_nir.jpg``.
 _LLCM_NAME = re.compile(r"^(\d+)_c(\d+)_")
 _CAMERA_FOLDER = re.compile(r"^cam(\d+)$")
-
-#: One element of :meth:`VIReIDDataset.protocols`.
-Protocol = dict[str, Any]
 
 
 class DatasetLayoutError(ValueError):
@@ -418,18 +417,6 @@ class VIReIDDataset(ABC):
     def test_samples(self, modality: Modality) -> list[Sample]:
         """Every test image of one modality (within-modality diagnostic, docs/method.md §13.4)."""
 
-    @abstractmethod
-    def protocols(self) -> list[Protocol]:
-        """List the official evaluation settings.
-
-        Returns:
-            One dict per setting with keys ``name`` (e.g. ``"sysu_all"``, used in metric names),
-            ``kwargs`` (keyword arguments of :meth:`test_split`), ``trials`` (values for its
-            ``trial`` argument; results are averaged over them), ``query_modality`` and
-            ``gallery_modality``. An evaluation runs
-            ``test_split(**p["kwargs"], trial=t)`` for each ``t`` in ``p["trials"]``.
-        """
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(root={self.root!r}, train={len(self.train)}, "
@@ -563,19 +550,6 @@ class SYSUMM01Dataset(VIReIDDataset):
         _check_choice(modality, MODALITIES, "modality")
         return [s for s in self._images_of(set(self.test_ids)) if s.modality == modality]
 
-    def protocols(self) -> list[Protocol]:
-        """All-search and indoor-search, each over gallery trials 0..9 (docs/method.md §13.2)."""
-        return [
-            {
-                "name": f"sysu_{mode}",
-                "kwargs": {"mode": mode},
-                "trials": list(range(NUM_GALLERY_TRIALS)),
-                "query_modality": "infrared",
-                "gallery_modality": "visible",
-            }
-            for mode in SYSU_GALLERY_CAMERAS
-        ]
-
 
 class RegDBDataset(VIReIDDataset):
     """RegDB from its raw tree and ``idx`` lists (docs/method.md §2.3, protocol §13.3).
@@ -680,22 +654,6 @@ class RegDBDataset(VIReIDDataset):
         """
         _check_choice(modality, MODALITIES, "modality")
         return list(self._test[modality])
-
-    def protocols(self) -> list[Protocol]:
-        """Visible-to-thermal and thermal-to-visible of the loaded trial (docs/method.md §13.3)."""
-        return [
-            {
-                "name": f"regdb_{direction}",
-                "kwargs": {"direction": direction},
-                "trials": [self.trial],
-                "query_modality": query,
-                "gallery_modality": gallery,
-            }
-            for direction, query, gallery in (
-                ("v2t", "visible", "infrared"),
-                ("t2v", "infrared", "visible"),
-            )
-        ]
 
 
 class LLCMDataset(VIReIDDataset):
@@ -860,22 +818,6 @@ class LLCMDataset(VIReIDDataset):
         """
         _check_choice(modality, MODALITIES, "modality")
         return _all_shots(self.test_ids, self._test_cameras[modality], self._test_groups[modality])
-
-    def protocols(self) -> list[Protocol]:
-        """Visible-to-infrared and infrared-to-visible, each over gallery trials 0..9."""
-        return [
-            {
-                "name": f"llcm_{direction}",
-                "kwargs": {"direction": direction},
-                "trials": list(range(NUM_GALLERY_TRIALS)),
-                "query_modality": query,
-                "gallery_modality": gallery,
-            }
-            for direction, query, gallery in (
-                ("v2i", "visible", "infrared"),
-                ("i2v", "infrared", "visible"),
-            )
-        ]
 
 
 #: Reader per registry name.
