@@ -699,6 +699,7 @@ def test_csv_hparams_hold_the_whole_resolved_config(smoke_csv):
         "data.name": "sysu",
         "data.synvi.num_ids": 24,
         "schedule.name": "smoke",
+        "method": "gur",
         "schedule.epochs": 1,
         "seed": 1,
         "experiment": "smoke",
