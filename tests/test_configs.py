@@ -72,6 +72,7 @@ def test_wrong_type_fails_at_composition():
         ("data.augment.intensity_remap_p=-0.1", "data.augment.intensity_remap_p"),
         ("data.augment.intensity_remap_knots=0", "data.augment.intensity_remap_knots"),
         ("+trainer.max_epochs=3", "trainer.max_epochs"),
+        ("eval.max_trials=0", "eval.max_trials"),
     ],
 )
 def test_out_of_range_value_names_the_key(override, key):

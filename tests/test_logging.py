@@ -155,14 +155,16 @@ def test_rank_gallery_orders_by_cosine_and_applies_removal_rules():
 def test_rank_gallery_ties_keep_gallery_order_and_bad_input_is_named():
     gallery = [_s(1, 1, "a"), _s(2, 1, "b"), _s(3, 1, "c")]
     gf = _unit((1.0, 0.0), (1.0, 0.0), (0.0, 1.0))
-    (row,) = rank_gallery(_unit((1.0, 0.0)), gf, [_s(2, 3, "q")], gallery, protocol="regdb")
+    q = [_s(2, 3, "q")]
+    (row,) = rank_gallery(_unit((1.0, 0.0)), gf, q, gallery, protocol="regdb_v2t")
     assert [g.pid for g in row.gallery] == [1, 2, 3]
-    with pytest.raises(ValueError, match="unknown family 'market1501'"):
-        rank_gallery(_unit((1.0, 0.0)), gf, [_s(2, 3, "q")], gallery, protocol="market1501_x")
+    # No fallback for a name outside the protocol table: the error lists the known names.
+    with pytest.raises(ValueError, match="unknown evaluation protocol 'market1501_x'.*sysu_all"):
+        rank_gallery(_unit((1.0, 0.0)), gf, q, gallery, protocol="market1501_x")
     with pytest.raises(ValueError, match="2 query features for 1 queries"):
-        rank_gallery(_unit((1.0, 0.0), (0, 1)), gf, [_s(2, 3, "q")], gallery, protocol="regdb")
+        rank_gallery(_unit((1.0, 0.0), (0, 1)), gf, q, gallery, protocol="regdb_v2t")
     with pytest.raises(ValueError, match="topk must be >= 1"):
-        rank_gallery(_unit((1.0, 0.0)), gf, [_s(2, 3, "q")], gallery, protocol="regdb", topk=0)
+        rank_gallery(_unit((1.0, 0.0)), gf, q, gallery, protocol="regdb_v2t", topk=0)
 
 
 def test_select_queries_spreads_over_identities():
@@ -697,6 +699,7 @@ def test_csv_hparams_hold_the_whole_resolved_config(smoke_csv):
         "data.name": "sysu",
         "data.synvi.num_ids": 24,
         "schedule.name": "smoke",
+        "method": "gur",
         "schedule.epochs": 1,
         "seed": 1,
         "experiment": "smoke",

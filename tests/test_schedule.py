@@ -97,3 +97,37 @@ def test_method_switches_survive_experiment_overrides(method, experiment):
     phases = build_phases(OmegaConf.to_object(cfg.schedule), SYSU_VIS, SYSU_IR)
     assert phases and all(p.stage == "inter_camera" and not p.cmlu for p in phases)
     assert cfg.cluster.oracle is (method == "supervised")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "method", "name"),
+    [
+        (["+experiment=synvi", "method=adca"], "adca", "adca_synvi"),
+        (["+experiment=synvi", "method=supervised"], "supervised", "supervised_synvi"),
+        (["+experiment=synvi"], "gur", "gur_synvi"),
+        (["+experiment=sysu", "method=adca", "data.root=/x"], "adca", "adca_sysu"),
+        (
+            ["+experiment=regdb", "method=supervised", "data.root=/x"],
+            "supervised",
+            "supervised_regdb",
+        ),
+    ],
+)
+def test_recorded_names_say_which_method_ran(overrides, method, name):
+    # The experiment is merged after the method group; the names recorded with the run (the
+    # resolved config the loggers and hparams.yaml receive, the schedule the log lines name)
+    # must still be the method's, not the experiment's GUR label.
+    from gur_lightning.config import ConfigError, validate_config
+    from gur_lightning.train import run_config
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/unused"])
+    validate_config(cfg)
+    recorded = run_config(cfg)
+    assert recorded["method"] == method
+    assert recorded["schedule"]["name"] == name
+    assert OmegaConf.to_object(cfg.schedule).name == name
+    cfg.method = "dbscan"
+    with pytest.raises(ConfigError, match="method"):
+        validate_config(cfg)

@@ -35,6 +35,8 @@ from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED
 
 #: The training regimes of the ``recipe`` config group (docs/recipes.md).
 RECIPES: tuple[str, ...] = ("official", "fixed")
+#: The training methods of the ``method`` config group (``conf/method/*.yaml``).
+METHODS: tuple[str, ...] = ("gur", "adca", "supervised")
 
 
 #: ``data.name`` when no data config names one (and so the SynVI layout, which must equal it).
@@ -300,6 +302,9 @@ class TrainConfig:
         eval: Evaluation settings.
         task_name: Name of the run folder family.
         experiment: Name of the experiment preset that was applied.
+        method: The method that was trained, set by the ``method`` group (``gur``, ``adca``:
+            ADCA's ADC, ``supervised``: ground-truth labels). The one record of it: schedule
+            names are derived from it (``${method}_sysu``...).
         recipe: The training regime that was applied (``official``: what the published
             numbers were trained with; ``fixed``: our corrections; docs/recipes.md).
         seed: Global seed.
@@ -317,6 +322,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     task_name: str = "train"
     experiment: str = "none"
+    method: str = "gur"
     recipe: str = "fixed"
     seed: int = 1
     ckpt_path: str | None = None
@@ -581,6 +587,7 @@ def validate_config(
     )
     _check(m.backbone.depth in (18, 34, 50), "model.backbone.depth", m.backbone.depth, "18/34/50")
     _validate_replicas(cfg)
+    _check(cfg.method in METHODS, "method", cfg.method, f"one of {METHODS}")
     _check(cfg.recipe in RECIPES, "recipe", cfg.recipe, f"one of {RECIPES}")
     _check(
         cfg.eval.select_on_test_from_epoch >= 0,
@@ -605,6 +612,12 @@ def validate_config(
         "eval.val_every_n_epochs",
         cfg.eval.val_every_n_epochs,
         ">= 0",
+    )
+    _check(
+        cfg.eval.max_trials is None or cfg.eval.max_trials >= 1,
+        "eval.max_trials",
+        cfg.eval.max_trials,
+        "null (every trial) or >= 1",
     )
     _check(
         0 <= cfg.eval.min_trained_share <= 1,

@@ -104,7 +104,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             )
         featurize = model_featurizer(module, dm)
     splits = protocol_splits(
-        dm.dataset,
+        dm.require_dataset(),
         max_trials=cfg.eval.max_trials,
         within_modality=cfg.eval.within_modality,
     )

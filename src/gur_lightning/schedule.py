@@ -96,7 +96,9 @@ class ScheduleConfig:
     """The whole stage schedule (Hydra group ``schedule``).
 
     Attributes:
-        name: Label shown in logs (``gur_sysu``, ``gur_regdb``, ``adca``...).
+        name: Label shown in logs and recorded with the run. The configs derive it from the
+            top-level ``method`` (``${method}_sysu``: ``gur_sysu``, ``adca_synvi``...), so it
+            names what was trained.
         epochs: Number of GUR epochs (SYSU 50, RegDB 30).
         intra_camera: Stage-1 settings.
         inter_camera: Stage-2 settings.

@@ -799,7 +799,7 @@ def _fit_and_test(
     metrics: dict[str, float] = {}
     if cfg.eval.test_after_fit:
         splits = protocol_splits(
-            dm.dataset,
+            dm.require_dataset(),
             max_trials=cfg.eval.max_trials,
             within_modality=cfg.eval.within_modality,
         )

@@ -41,7 +41,6 @@ __all__ = [
     "draw_ranking",
     "line_chart",
     "nice_ticks",
-    "protocol_family",
     "rank_gallery",
     "save_png",
     "select_queries",
@@ -110,48 +109,6 @@ class Ranking:
     distances: tuple[float, ...]
 
 
-def protocol_family(protocol: str) -> str:
-    """The metric family of a protocol name: ``sysu_all`` -> ``sysu``, ``regdb_v2t`` -> ``regdb``.
-
-    Args:
-        protocol: A protocol name of :func:`gur_lightning.evaluation.protocol_splits` or a family.
-
-    Returns:
-        A key of :data:`gur_lightning.metrics.functional.PROTOCOLS`.
-
-    Raises:
-        ValueError: If the name does not start with a known family.
-    """
-    from gur_lightning.metrics.functional import PROTOCOLS
-
-    family = protocol.split("_", 1)[0]
-    if family not in PROTOCOLS:
-        raise ValueError(
-            f"protocol {protocol!r}: unknown family {family!r}; expected a name starting with "
-            f"one of {sorted(PROTOCOLS)}"
-        )
-    return family
-
-
-def _kept(protocol: str, query: Sample, gallery: Sequence[Sample]) -> np.ndarray:
-    """(G,) bool: gallery items the protocol keeps for this query (docs/method.md §13.2-§13.3)."""
-    from gur_lightning.metrics.functional import (
-        PROTOCOLS,
-        SYSU_REMOVAL_GALLERY_CAM,
-        SYSU_REMOVAL_QUERY_CAM,
-    )
-
-    removal = PROTOCOLS[protocol_family(protocol)].removal
-    cams = np.array([g.camid for g in gallery])
-    if removal == "sysu_cam3_cam2" and query.camid == SYSU_REMOVAL_QUERY_CAM:
-        # SYSU-MM01: a camera-3 query never sees camera-2 gallery images, whatever the identity.
-        return cams != SYSU_REMOVAL_GALLERY_CAM
-    if removal == "same_pid_same_cam":
-        pids = np.array([g.pid for g in gallery])
-        return ~((pids == query.pid) & (cams == query.camid))
-    return np.ones(len(gallery), dtype=bool)
-
-
 def rank_gallery(
     query_features: torch.Tensor,
     gallery_features: torch.Tensor,
@@ -165,25 +122,34 @@ def rank_gallery(
 
     Distances are ``-q·g`` of the L2-normalised test features, sorted stably (ties keep gallery
     order, as :func:`gur_lightning.metrics.functional.stable_argsort_rows`), and the protocol's
-    removal rule drops gallery items before the top ``topk`` are taken.
+    rank rule drops gallery items (:func:`gur_lightning.metrics.functional.removed_from_gallery`,
+    on the labels :meth:`gur_lightning.data.protocols.EvalProtocol.rule_inputs` gives, as the
+    metrics do) before the top ``topk`` are taken.
 
     Args:
         query_features: (Q, D) L2-normalised query features.
         gallery_features: (G, D) L2-normalised gallery features.
         queries: The Q query samples, aligned with ``query_features``.
         gallery: The G gallery samples, aligned with ``gallery_features``.
-        protocol: Protocol name (``sysu_all``, ``regdb_v2t``, ``llcm_...``): picks the removal
-            rule.
+        protocol: A name of the protocol table (``sysu_all``, ``regdb_v2t``, ``llcm_v2i``...):
+            picks the removal rule.
         topk: Number of gallery items kept per query (fewer when the gallery is smaller).
 
     Returns:
         One :class:`Ranking` per query, in query order.
 
     Raises:
+        UnknownProtocolError: A protocol name that is not in the table.
         ValueError: On mismatched lengths, feature dimensions or a non-positive ``topk``.
     """
-    from gur_lightning.metrics.functional import stable_argsort_rows
+    from gur_lightning.data.protocols import get_protocol
+    from gur_lightning.metrics.functional import (
+        cosine_distance,
+        removed_from_gallery,
+        stable_argsort_rows,
+    )
 
+    entry = get_protocol(protocol)  # fail early on an unknown protocol
     if topk < 1:
         raise ValueError(f"rank_gallery: topk must be >= 1, got {topk}")
     if query_features.ndim != 2 or gallery_features.ndim != 2:
@@ -201,13 +167,16 @@ def rank_gallery(
             f"rank_gallery: query features are {query_features.shape[1]}-d, gallery features "
             f"{gallery_features.shape[1]}-d"
         )
-    protocol_family(protocol)  # fail early on an unknown protocol
-    dist = (-(query_features.float() @ gallery_features.float().T)).cpu().numpy()
+    dist = (
+        cosine_distance(query_features.float(), gallery_features.float(), normalize=False)
+        .cpu()
+        .numpy()
+    )
     order = stable_argsort_rows(dist) if len(gallery) else np.zeros((len(queries), 0), int)
+    removed = removed_from_gallery(*entry.rule_inputs(queries, gallery), rule=entry.rule)
     out: list[Ranking] = []
     for row, query in enumerate(queries):
-        kept = _kept(protocol, query, gallery)
-        ranked = [int(j) for j in order[row] if kept[j]][:topk]
+        ranked = [int(j) for j in order[row] if not removed[row, j]][:topk]
         out.append(
             Ranking(
                 query=query,

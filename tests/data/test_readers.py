@@ -22,6 +22,7 @@ from gur_lightning.data import (
     load_dataset,
     read_image,
 )
+from gur_lightning.data.protocols import official_protocols
 from gur_lightning.data.readers import LLCMDataset, RegDBDataset, SYSUMM01Dataset
 from gur_lightning.synvi import LAYOUTS as SYNVI_LAYOUTS
 
@@ -193,15 +194,13 @@ def test_sysu_validation_split(sysu_root: Path) -> None:
 
 def test_sysu_protocols_drive_an_evaluation_loop(sysu_root: Path) -> None:
     ds = load_dataset("sysu", sysu_root)
-    protos = ds.protocols()
-    assert [p["name"] for p in protos] == ["sysu_all", "sysu_indoor"]
-    for p in protos:
-        assert p["trials"] == list(range(10))
-        assert (p["query_modality"], p["gallery_modality"]) == ("infrared", "visible")
-        for t in p["trials"]:
-            assert ds.test_split(**p["kwargs"], trial=t) == ds.test_split(
-                mode=p["kwargs"]["mode"], trial=t
-            )
+    protos = official_protocols(ds.name)
+    assert [p.name for p in protos] == ["sysu_all", "sysu_indoor"]
+    for p, mode in zip(protos, ("all", "indoor"), strict=True):
+        assert p.trial_values(ds) == list(range(10))
+        assert (p.query_modality, p.gallery_modality) == ("infrared", "visible")
+        for t in p.trial_values(ds):
+            assert p.build(ds, t) == ds.test_split(mode=mode, trial=t)
 
 
 def test_sysu_listing_does_not_open_images(sysu_root: Path) -> None:
@@ -331,11 +330,12 @@ def test_regdb_test_split_directions(regdb_root: Path) -> None:
         ds.test_split(direction="v2t", trial=1)
     with pytest.raises(ValueError, match="direction"):
         ds.test_split(direction="i2v")
-    protos = ds.protocols()
-    assert [(p["name"], p["kwargs"], p["trials"]) for p in protos] == [
-        ("regdb_v2t", {"direction": "v2t"}, [2]),
-        ("regdb_t2v", {"direction": "t2v"}, [2]),
+    protos = official_protocols(ds.name)
+    assert [(p.name, p.trial_values(ds)) for p in protos] == [
+        ("regdb_v2t", [2]),
+        ("regdb_t2v", [2]),
     ]
+    assert [p.build(ds, 2) for p in protos] == [(q, g), (g, q)]
 
 
 def test_regdb_trial_bounds(regdb_root: Path) -> None:
@@ -469,9 +469,9 @@ def test_llcm_test_split_matches_official_loops(
             assert Path(s.path).name.startswith(f"{s.pid:04d}_c{s.camid:02d}_")
         assert {s.modality for s in query} == {"visible" if q_mod == "vis" else "infrared"}
         assert {s.modality for s in gallery} == {"visible" if g_mod == "vis" else "infrared"}
-    protos = {p["name"]: p for p in ds.protocols()}
-    assert protos[f"llcm_{direction}"]["kwargs"] == {"direction": direction}
-    assert protos[f"llcm_{direction}"]["trials"] == list(range(10))
+    protos = {p.name: p for p in official_protocols(ds.name)}
+    assert protos[f"llcm_{direction}"].build(ds, 3) == ds.test_split(direction=direction, trial=3)
+    assert protos[f"llcm_{direction}"].trial_values(ds) == list(range(10))
 
 
 def test_llcm_validation_split(llcm_root: Path) -> None:

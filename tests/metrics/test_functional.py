@@ -15,7 +15,6 @@ from gur_lightning.metrics import (
     evaluate_rank,
     evaluate_regdb,
     evaluate_sysu,
-    evaluate_trials,
 )
 from gur_lightning.metrics.functional import stable_argsort_rows
 
@@ -244,7 +243,7 @@ def test_no_valid_query_raises():
         ({"q_pids": np.array([1, 2, 3])}, "q_pids: expected a 1-D array of 4"),
         ({"g_pids": np.array([0.5] * 7)}, "g_pids: expected integer labels"),
         ({"q_camids": None}, "q_camids and g_camids are required"),
-        ({"protocol": "viper"}, "unknown 'viper'"),
+        ({"rule": "viper"}, "unknown 'viper'"),
         ({"max_rank": 0}, "max_rank"),
     ],
 )
@@ -255,7 +254,7 @@ def test_bad_inputs_raise_clear_errors(kwargs, message):
         "g_pids": G_PIDS,
         "q_camids": Q_CAMS,
         "g_camids": G_CAMS,
-        "protocol": "sysu",
+        "rule": "sysu",
         "max_rank": 5,
     }
     args.update(kwargs)
@@ -271,30 +270,6 @@ def test_stable_argsort_rows_matches_numpy_stable_with_ties_and_signed_zeros():
     expected = np.argsort(dist, axis=1, kind="stable")
     np.testing.assert_array_equal(stable_argsort_rows(dist), expected)
     np.testing.assert_array_equal(stable_argsort_rows(dist.astype(np.float32)), expected)
-
-
-def test_evaluate_trials_mean_and_std_over_separate_evaluations():
-    rng = np.random.default_rng(6)
-    q_pids, g_pids = rng.integers(0, 6, 20), np.tile(np.arange(6), 5)
-    q_cams, g_cams = rng.choice([3, 6], 20), rng.choice([1, 2, 4, 5], 30)
-    dist = rng.standard_normal((20, 30))
-    masks = np.zeros((3, 30), dtype=bool)
-    for t in range(3):
-        masks[t, t * 6 : (t + 2) * 6] = True
-    res = evaluate_trials(dist, q_pids, g_pids, q_cams, g_cams, masks, "sysu", 5)
-    per = [
-        loop_eval(dist[:, m], q_pids, g_pids[m], q_cams, g_cams[m], "sysu", True, 5) for m in masks
-    ]
-    maps = [p["mAP"] for p in per]
-    assert res["mAP"] == pytest.approx(sum(maps) / 3, abs=1e-12)
-    mean = sum(maps) / 3
-    assert res["mAP_std"] == pytest.approx((sum((x - mean) ** 2 for x in maps) / 3) ** 0.5)
-    np.testing.assert_allclose(res["cmc"], sum(p["cmc"] for p in per) / 3, atol=1e-12)
-    assert len(res["trials"]) == 3
-    with pytest.raises(ValueError, match="trial 1 selects no gallery item"):
-        evaluate_trials(dist, q_pids, g_pids, q_cams, g_cams, masks * [[1], [0], [1]] > 0)
-    with pytest.raises(ValueError, match="gallery_masks: expected a"):
-        evaluate_trials(dist, q_pids, g_pids, q_cams, g_cams, masks[:, :5])
 
 
 def test_cosine_distance_hand_case():

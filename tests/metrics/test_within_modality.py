@@ -9,6 +9,7 @@ import torch
 
 from gur_lightning.data.samples import Sample
 from gur_lightning.evaluation import evaluate_splits, protocol_splits
+from gur_lightning.visualize import rank_gallery
 
 
 def _unit(*xy: float) -> list[float]:
@@ -31,10 +32,14 @@ INFRARED = [
 
 
 class _FakeDataset:
-    """Only what the diagnostic needs: no official protocol, the test images per modality."""
+    """RegDB-like: its official protocols pair the two lists; the test images per modality."""
 
-    def protocols(self) -> list:
-        return []
+    name = "regdb"
+    trial = 1
+
+    def test_split(self, direction: str = "v2t", trial: int | None = None):
+        visible, infrared = self.test_samples("visible"), self.test_samples("infrared")
+        return (visible, infrared) if direction == "v2t" else (infrared, visible)
 
     def test_samples(self, modality: str) -> list[Sample]:
         return [s for s, _ in (VISIBLE if modality == "visible" else INFRARED)]
@@ -47,7 +52,7 @@ def _featurize(samples):
 
 def test_within_modality_rankings_by_hand():
     splits = protocol_splits(_FakeDataset(), within_modality=True)
-    assert sorted(splits) == ["within_infrared", "within_visible"]
+    assert list(splits) == ["regdb_v2t", "regdb_t2v", "within_visible", "within_infrared"]
     m = evaluate_splits(splits, _featurize)
     # Visible. v0 and v1: v1 / v0 (same camera) removed; ranking v3 (other id), v2 -> AP 1/2.
     # v2: itself removed; ranking v3, v0, v1 -> AP (1/2 + 2/3) / 2. v3: no other image of id 2.
@@ -60,4 +65,25 @@ def test_within_modality_rankings_by_hand():
 
 
 def test_within_modality_is_off_by_default():
-    assert protocol_splits(_FakeDataset()) == {}
+    assert list(protocol_splits(_FakeDataset())) == ["regdb_v2t", "regdb_t2v"]
+
+
+def test_ranking_pictures_use_the_same_rule_on_a_few_queries():
+    # rank_gallery with the diagnostic's entry: the one-camera infrared query i1 does not see
+    # itself, and sees i2 (other id, closer) before i0, as the metric ranked it above.
+    feats = _featurize([s for s, _ in INFRARED])
+    (row,) = rank_gallery(
+        feats[1:2], feats, [INFRARED[1][0]], [s for s, _ in INFRARED], protocol="within_infrared"
+    )
+    assert [s.path for s in row.gallery] == ["i2", "i0"]
+    assert row.correct == (False, True)
+    # Two visible cameras: v0 loses v1 (same id, same camera) and itself, not v2.
+    visible = [s for s, _ in VISIBLE]
+    (row,) = rank_gallery(
+        _featurize(visible)[:1],
+        _featurize(visible),
+        visible[:1],
+        visible,
+        protocol="within_visible",
+    )
+    assert [s.path for s in row.gallery] == ["v3", "v2"]

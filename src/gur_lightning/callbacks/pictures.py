@@ -181,41 +181,34 @@ class RankingPictures(Callback):
             pl_module: The model whose test features are drawn.
             datamodule: A set-up :class:`~gur_lightning.data.datamodule.VIReIDDataModule`.
         """
-        from gur_lightning.evaluation import protocol_splits
+        from gur_lightning.evaluation import featurize_once, protocol_splits
         from gur_lightning.visualize import draw_ranking, rank_gallery, save_png, select_queries
 
         dataset = getattr(datamodule, "dataset", None)
         if dataset is None:
             log.warning("ranking pictures: the data module is not set up, nothing to draw")
             return []
-        splits = protocol_splits(dataset, max_trials=1)
         chosen: dict[str, tuple[list[Sample], list[Sample]]] = {}
-        unique: dict[str, int] = {}
-        ordered: list[Sample] = []
-        for name, trials in splits.items():
-            if not trials:
-                continue
+        for name, trials in protocol_splits(dataset, max_trials=1).items():
             query, gallery = trials[0]
             queries = [query[i] for i in select_queries(query, self.num_queries)]
-            chosen[name] = (queries, list(gallery))
-            for s in (*queries, *gallery):
-                if s.path not in unique:
-                    unique[s.path] = len(ordered)
-                    ordered.append(s)
-        if not ordered:
+            if queries and gallery:
+                chosen[name] = (queries, list(gallery))
+        if not chosen:
             return []
         # One collective extraction for every protocol (all ranks take part under DDP).
-        feats = self.featurize_factory(pl_module, datamodule)(ordered).float().cpu()
+        feats, row = featurize_once(
+            self.featurize_factory(pl_module, datamodule),
+            (side for pair in chosen.values() for side in pair),
+        )
         if not trainer.is_global_zero:
             return []
         pictures = {}
         self.written = []
         for name, (queries, gallery) in chosen.items():
-            if not queries or not gallery:
-                continue
             rows = rank_gallery(
-                feats[[unique[s.path] for s in queries]],
-                feats[[unique[s.path] for s in gallery]],
+                feats[[row[s.path] for s in queries]],
+                feats[[row[s.path] for s in gallery]],
                 queries,
                 gallery,
                 protocol=name,

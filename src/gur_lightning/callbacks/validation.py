@@ -21,11 +21,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from gur_lightning.data.datamodule import fitted_datamodule
+from gur_lightning.data.protocols import official_protocols
 from gur_lightning.evaluation import evaluate_splits, protocol_splits
 from gur_lightning.schedule import Phase
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+#: The protocol table's validation setting (``val/holdout/...``).
+HOLDOUT_PROTOCOL = "holdout"
 
 
 class PeriodicValidation(Callback):
@@ -75,9 +79,10 @@ class PeriodicValidation(Callback):
         if not phase.last_of_epoch or (phase.gur_epoch + 1) % self.every_n_epochs:
             return
         dm = fitted_datamodule(trainer)
-        split = dm.require_dataset().validation_split()
         metrics = evaluate_splits(
-            {"holdout": [split]}, self.featurize_factory(pl_module, dm), prefix="val"
+            protocol_splits(dm.require_dataset(), [HOLDOUT_PROTOCOL]),
+            self.featurize_factory(pl_module, dm),
+            prefix="val",
         )
         metrics = {k: v for k, v in metrics.items() if not k.endswith(("_std", "/trials"))}
         pl_module.log_dict(metrics)
@@ -167,10 +172,12 @@ class TestSetSelection(Callback):
         if not phase.last_of_epoch or phase.gur_epoch < self.from_epoch:
             return
         dm = fitted_datamodule(trainer)
-        splits = protocol_splits(dm.dataset, max_trials=1)
-        name = next(iter(splits))
+        dataset = dm.require_dataset()
+        name = official_protocols(dataset.name)[0].name
         metrics = evaluate_splits(
-            {name: splits[name]}, self.featurize_factory(pl_module, dm), prefix="select"
+            protocol_splits(dataset, [name], max_trials=1),
+            self.featurize_factory(pl_module, dm),
+            prefix="select",
         )
         current = metrics[f"select/{name}/mAP"]
         self.history.append({"gur_epoch": float(phase.gur_epoch), "mAP": current})

@@ -45,6 +45,7 @@ from typing import Any, Literal
 import PIL
 from PIL import Image
 
+from gur_lightning.data.protocols import official_protocols
 from gur_lightning.data.readers import (
     DATASET_NAMES,
     DatasetLayoutError,
@@ -444,13 +445,13 @@ def dataset_counts(ds: VIReIDDataset) -> dict[str, Figure]:
     counts: dict[str, Figure] = {"identities": len({s.pid for s in [*train, *test]})}
     counts.update(_split_counts("train", train))
     counts.update(_split_counts("test", test))
-    for proto in ds.protocols():
+    for protocol in official_protocols(ds.name):
         try:
-            query, gallery = ds.test_split(**proto["kwargs"], trial=proto["trials"][0])
+            query, gallery = protocol.build(ds, protocol.trial_values(ds)[0])
         except DatasetLayoutError:
             continue  # reported by protocol_problems
-        counts[f"{proto['name']}/query"] = len(query)
-        counts[f"{proto['name']}/gallery"] = len(gallery)
+        counts[f"{protocol.name}/query"] = len(query)
+        counts[f"{protocol.name}/gallery"] = len(gallery)
     return counts
 
 
@@ -504,10 +505,10 @@ def protocol_problems(ds: VIReIDDataset) -> list[Difference]:
                 "no test identity has an image: nothing can be evaluated",
             )
         )
-    for proto in ds.protocols():
-        name = proto["name"]
+    for protocol in official_protocols(ds.name):
+        name = protocol.name
         try:
-            query, gallery = ds.test_split(**proto["kwargs"], trial=proto["trials"][0])
+            query, gallery = protocol.build(ds, protocol.trial_values(ds)[0])
         except DatasetLayoutError as exc:
             problems.append(
                 Difference(
@@ -527,8 +528,8 @@ def protocol_problems(ds: VIReIDDataset) -> list[Difference]:
                     "at least 1",
                     0,
                     "error",
-                    f"no {proto['query_modality']} query identity has an image in the "
-                    f"{proto['gallery_modality']} gallery",
+                    f"no {protocol.query_modality} query identity has an image in the "
+                    f"{protocol.gallery_modality} gallery",
                 )
             )
     return problems

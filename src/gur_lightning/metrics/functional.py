@@ -9,7 +9,8 @@ Shared definitions (docs/method.md §13; Ye et al., "Deep Learning for Person Re
 Survey and Outlook", for mINP):
 
 * ``distmat`` is (Q, G); smaller means closer. Each row is ranked ascending.
-* A protocol removes some gallery items per query (the *kept* list keeps the ranking order).
+* A rank rule (:data:`RANK_RULES`) removes some gallery items per query (the *kept* list keeps
+  the ranking order); :func:`removed_from_gallery` is the one implementation of the removals.
 * A query is *valid* when its kept list holds at least one gallery item of its identity. Invalid
   queries are skipped for AP and INP and are not counted in any divisor.
 * ``AP = (1 / #hits) * sum over hits at kept position k (0-based) of hits_so_far / (k + 1)``.
@@ -76,8 +77,11 @@ Removal = Literal["none", "sysu_cam3_cam2", "same_pid_same_cam"]
 
 
 @dataclass(frozen=True)
-class RankProtocol:
-    """How one evaluation protocol filters the gallery and builds its CMC.
+class RankRule:
+    """How one official scoring function filters the gallery and builds its CMC.
+
+    A rank rule is the scoring half of an evaluation protocol; which images query which, and
+    over which trials, is the protocol table's business (:mod:`gur_lightning.data.protocols`).
 
     Attributes:
         name: Registry key.
@@ -94,29 +98,29 @@ class RankProtocol:
     description: str
 
 
-PROTOCOLS: dict[str, RankProtocol] = {
-    "sysu": RankProtocol(
+RANK_RULES: dict[str, RankRule] = {
+    "sysu": RankRule(
         "sysu",
         "sysu_cam3_cam2",
         True,
         "SYSU-MM01, official eval_sysu (docs/method.md §13.2): camera-3 queries drop all camera-2 "
         "gallery items; CMC on the identity-de-duplicated list; mAP/mINP on the kept list.",
     ),
-    "regdb": RankProtocol(
+    "regdb": RankRule(
         "regdb",
         "none",
         False,
         "RegDB, official eval_regdb (docs/method.md §13.3): camera ids are fake (query 1, gallery "
         "2), so nothing is removed; standard CMC.",
     ),
-    "llcm": RankProtocol(
+    "llcm": RankRule(
         "llcm",
         "same_pid_same_cam",
         True,
         "LLCM, DEEN's eval_llcm: eval_sysu's machinery with the removal rule 'same identity "
         "and same camera as the query' (LLCM camera ids are shared across modalities).",
     ),
-    "market": RankProtocol(
+    "market": RankRule(
         "market",
         "same_pid_same_cam",
         False,
@@ -151,23 +155,67 @@ def _as_labels(name: str, value: ArrayLike, length: int, what: str) -> np.ndarra
     return arr.astype(np.int64, copy=False)
 
 
-def resolve_protocol(protocol: str | RankProtocol) -> RankProtocol:
-    """Return the :class:`RankProtocol` for a registry name (or pass one through).
+def resolve_rank_rule(rule: str | RankRule) -> RankRule:
+    """Return the :class:`RankRule` for a registry name (or pass one through).
 
     Args:
-        protocol: A key of :data:`PROTOCOLS` or a :class:`RankProtocol`.
+        rule: A key of :data:`RANK_RULES` or a :class:`RankRule`.
 
     Returns:
-        The protocol record.
+        The rule record.
 
     Raises:
-        ValueError: Unknown protocol name.
+        ValueError: Unknown rule name.
     """
-    if isinstance(protocol, RankProtocol):
-        return protocol
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: unknown {protocol!r}; expected one of {sorted(PROTOCOLS)}")
-    return PROTOCOLS[protocol]
+    if isinstance(rule, RankRule):
+        return rule
+    if rule not in RANK_RULES:
+        raise ValueError(f"rule: unknown {rule!r}; expected one of {sorted(RANK_RULES)}")
+    return RANK_RULES[rule]
+
+
+def removed_from_gallery(
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike | None,
+    g_camids: ArrayLike | None,
+    rule: str | RankRule,
+) -> np.ndarray:
+    """Which gallery items each query may not see under a rank rule (docs/method.md §13.2).
+
+    The one implementation of the removal rules: the ranking engine (:func:`evaluate_rank`)
+    and the ranking pictures (:func:`gur_lightning.visualize.rank_gallery`) both call it.
+    Arguments are in :func:`evaluate_rank`'s order.
+
+    Args:
+        q_pids: (Q,) query identities (any integer coding shared with ``g_pids``).
+        g_pids: (G,) gallery identities.
+        q_camids: (Q,) query cameras; may be None when the rule removes nothing.
+        g_camids: (G,) gallery cameras; may be None when the rule removes nothing.
+        rule: A key of :data:`RANK_RULES` or a :class:`RankRule`.
+
+    Returns:
+        (Q, G) bool, True where gallery item j is dropped from query i's list (gallery order).
+
+    Raises:
+        ValueError: Unknown rule, or no cameras for a rule that removes by camera.
+    """
+    removal = resolve_rank_rule(rule).removal
+    q_id = _to_numpy("q_pids", q_pids).reshape(-1)
+    g_id = _to_numpy("g_pids", g_pids).reshape(-1)
+    if removal == "none":
+        return np.zeros((q_id.shape[0], g_id.shape[0]), dtype=bool)
+    if q_camids is None or g_camids is None:
+        raise ValueError(f"rule {removal!r} removes gallery items by camera: cameras are required")
+    q_cam = _to_numpy("q_camids", q_camids).reshape(-1)
+    g_cam = _to_numpy("g_camids", g_camids).reshape(-1)
+    if removal == "sysu_cam3_cam2":
+        # docs/method.md §13.2: identities play no part in this rule.
+        return (q_cam == SYSU_REMOVAL_QUERY_CAM)[:, None] & (g_cam == SYSU_REMOVAL_GALLERY_CAM)
+    if removal == "same_pid_same_cam":
+        # DEEN's eval_llcm, Market-style: the query's own identity in its own camera.
+        return (q_id[:, None] == g_id) & (q_cam[:, None] == g_cam)
+    raise AssertionError(f"removal rule {removal!r} has no implementation")  # a new Removal
 
 
 def stable_argsort_rows(dist: np.ndarray) -> np.ndarray:
@@ -201,7 +249,7 @@ class _Gallery:
     Attributes:
         codes: (G,) int64 dense identity codes (index into ``uniq``).
         uniq: (P,) sorted distinct gallery identities.
-        cams: (G,) int64 cameras, or None when the protocol ignores cameras.
+        cams: (G,) int64 cameras, or None when the rule ignores cameras.
     """
 
     codes: np.ndarray
@@ -214,7 +262,7 @@ def _rank_chunk(
     q_codes: np.ndarray,
     q_cams: np.ndarray | None,
     gallery: _Gallery,
-    protocol: RankProtocol,
+    rule: RankRule,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Score one chunk of queries at once (docs/method.md §13.2/§13.3, vectorised).
 
@@ -222,9 +270,9 @@ def _rank_chunk(
         dist: (C, G) distances of C queries.
         q_codes: (C,) query identity codes in ``gallery.uniq``; -1 for identities absent
             from the gallery.
-        q_cams: (C,) query cameras, or None when the protocol removes nothing.
+        q_cams: (C,) query cameras, or None when the rule removes nothing.
         gallery: Gallery tables.
-        protocol: The protocol.
+        rule: The rank rule.
 
     Returns:
         ``(ap, inp, cmc_rank, valid)``, each (C,): average precision, INP, the 0-based rank
@@ -236,15 +284,11 @@ def _rank_chunk(
     ranked_codes = gallery.codes[order]
     hit = ranked_codes == q_codes[:, None]
     keep = None
-    if protocol.removal == "sysu_cam3_cam2":
-        assert q_cams is not None and gallery.cams is not None  # checked by evaluate_rank
-        # docs/method.md §13.2: identities play no part in this rule.
-        gallery_cam2 = gallery.cams == SYSU_REMOVAL_GALLERY_CAM
-        keep = ~((q_cams == SYSU_REMOVAL_QUERY_CAM)[:, None] & gallery_cam2[order])
-    elif protocol.removal == "same_pid_same_cam":
-        assert q_cams is not None and gallery.cams is not None
-        keep = ~(hit & (gallery.cams[order] == q_cams[:, None]))
-    if keep is not None:
+    if rule.removal != "none":
+        # Identity codes stand in for identities: a query code of -1 (absent from the
+        # gallery) equals no gallery code, as its identity equals no gallery identity.
+        removed = removed_from_gallery(q_codes, gallery.codes, q_cams, gallery.cams, rule)
+        keep = ~np.take_along_axis(removed, order, axis=1)
         hit &= keep
 
     num_hits = hit.sum(axis=1)
@@ -270,7 +314,7 @@ def _rank_chunk(
     ap[valid] = sums[valid] / num_hits[valid]
     inp[valid] = num_hits[valid] / (hit_kept_pos[last_h[valid]] + 1.0)
 
-    if not protocol.dedup_cmc:
+    if not rule.dedup_cmc:
         cmc_rank[valid] = hit_kept_pos[first_h[valid]]
         return ap, inp, cmc_rank, valid
 
@@ -297,7 +341,7 @@ def evaluate_rank(
     g_pids: ArrayLike,
     q_camids: ArrayLike | None = None,
     g_camids: ArrayLike | None = None,
-    protocol: str | RankProtocol = "sysu",
+    rule: str | RankRule = "sysu",
     max_rank: int = DEFAULT_MAX_RANK,
     *,
     chunk_size: int | None = None,
@@ -308,10 +352,11 @@ def evaluate_rank(
         distmat: (Q, G) distances, smaller = closer (NumPy array or torch tensor).
         q_pids: (Q,) query identities.
         g_pids: (G,) gallery identities.
-        q_camids: (Q,) query cameras; required when the protocol removes by camera.
+        q_camids: (Q,) query cameras; required when the rule removes by camera.
         g_camids: (G,) gallery cameras; same.
-        protocol: ``"sysu"``, ``"regdb"``, ``"llcm"``, ``"market"`` or a
-            :class:`RankProtocol`.
+        rule: The rank rule: ``"sysu"``, ``"regdb"``, ``"llcm"``, ``"market"`` or a
+            :class:`RankRule`. Which data set setting uses which rule is the protocol
+            table's choice (:data:`gur_lightning.data.protocols.PROTOCOLS`).
         max_rank: Length of the returned CMC curve (see the module notes for ``max_rank > G``).
         chunk_size: Queries per chunk; default keeps about 2M (query, gallery) pairs per chunk.
 
@@ -325,7 +370,7 @@ def evaluate_rank(
         ValueError: Bad shapes or labels, NaN distances, missing cameras, empty query set or
             gallery, ``max_rank < 1``, or no query with a valid match.
     """
-    proto = resolve_protocol(protocol)
+    proto = resolve_rank_rule(rule)
     dist = _to_numpy("distmat", distmat)
     if dist.ndim != 2:
         raise ValueError(f"distmat: expected a 2-D (Q, G) matrix, got shape {tuple(dist.shape)}")
@@ -346,7 +391,7 @@ def evaluate_rank(
     if proto.removal != "none":
         if q_camids is None or g_camids is None:
             raise ValueError(
-                f"protocol {proto.name!r} removes gallery items by camera: "
+                f"rule {proto.name!r} removes gallery items by camera: "
                 "q_camids and g_camids are required"
             )
         qc = _as_labels("q_camids", q_camids, num_q, "query row of distmat")
@@ -481,84 +526,6 @@ def evaluate_llcm(
         ``{"cmc": (max_rank,) array, "mAP": float, "mINP": float}``, all in [0, 1].
     """
     return _summary(evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, "llcm", max_rank))
-
-
-def evaluate_trials(
-    distmat: ArrayLike,
-    q_pids: ArrayLike,
-    g_pids: ArrayLike,
-    q_camids: ArrayLike | None,
-    g_camids: ArrayLike | None,
-    gallery_masks: ArrayLike,
-    protocol: str | RankProtocol = "sysu",
-    max_rank: int = DEFAULT_MAX_RANK,
-) -> dict[str, Any]:
-    """Average a protocol over gallery trials sharing one query set (docs/method.md §13.2/§13.3).
-
-    SYSU's ten single-shot galleries (``random.seed(trial)``) share the query set; building
-    the distance matrix once against the union of all trial galleries and masking columns per
-    trial gives the same numbers as ten separate evaluations.
-
-    Args:
-        distmat: (Q, G) distances against the union of the trial galleries.
-        q_pids: (Q,) query identities.
-        g_pids: (G,) gallery identities.
-        q_camids: (Q,) query cameras (or None for protocols without removal).
-        g_camids: (G,) gallery cameras (or None).
-        gallery_masks: (T, G) bool; row t selects trial t's gallery columns.
-        protocol: Protocol name or record.
-        max_rank: CMC length.
-
-    Returns:
-        Dict with the trial means ``cmc``, ``mAP``, ``mINP``, their population standard
-        deviations (ddof=0) ``cmc_std``, ``mAP_std``, ``mINP_std``, and ``trials``: the list of
-        per-trial ``{"cmc", "mAP", "mINP"}`` dicts.
-
-    Raises:
-        ValueError: Masks of the wrong shape or dtype, or a trial with an empty gallery.
-    """
-    dist = _to_numpy("distmat", distmat)
-    masks = _to_numpy("gallery_masks", gallery_masks)
-    if dist.ndim != 2:
-        raise ValueError(f"distmat: expected a 2-D (Q, G) matrix, got shape {tuple(dist.shape)}")
-    if masks.ndim != 2 or masks.shape[1] != dist.shape[1] or masks.shape[0] == 0:
-        raise ValueError(
-            f"gallery_masks: expected a (T >= 1, G={dist.shape[1]}) boolean array, "
-            f"got shape {tuple(masks.shape)}"
-        )
-    if masks.dtype != np.bool_:
-        raise ValueError(f"gallery_masks: expected dtype bool, got {masks.dtype}")
-    num_g = dist.shape[1]
-    gp = _as_labels("g_pids", g_pids, num_g, "gallery column of distmat")
-    gc = None
-    if g_camids is not None:
-        gc = _as_labels("g_camids", g_camids, num_g, "gallery column of distmat")
-    trials = []
-    for t, mask in enumerate(masks):
-        if not mask.any():
-            raise ValueError(f"gallery_masks: trial {t} selects no gallery item")
-        res = evaluate_rank(
-            dist[:, mask],
-            q_pids,
-            gp[mask],
-            q_camids,
-            None if gc is None else gc[mask],
-            protocol,
-            max_rank,
-        )
-        trials.append(_summary(res))
-    cmcs = np.stack([t["cmc"] for t in trials])
-    maps = np.array([t["mAP"] for t in trials])
-    minps = np.array([t["mINP"] for t in trials])
-    return {
-        "cmc": cmcs.mean(axis=0),
-        "mAP": float(maps.mean()),
-        "mINP": float(minps.mean()),
-        "cmc_std": cmcs.std(axis=0),
-        "mAP_std": float(maps.std()),
-        "mINP_std": float(minps.std()),
-        "trials": trials,
-    }
 
 
 def cosine_distance(

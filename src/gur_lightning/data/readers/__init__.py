@@ -7,17 +7,20 @@ the Market-style ``prepare_*.py`` trees of the official code (docs/method.md §2
 used.
 
 One module per data set (:mod:`.sysu`, :mod:`.regdb`, :mod:`.llcm`), each a subclass of
-:class:`~gur_lightning.data.readers.base.VIReIDDataset` with its layout and protocols; the parts
-they share (errors, :func:`read_image`, list parsing, gallery draws) are in :mod:`.common`. This
-module is the registry: :data:`DATASETS` maps each name to its reader and :data:`DATASET_NAMES`
-is the one list of data-set names (the config schema and the data check take it from here).
+:class:`~gur_lightning.data.readers.base.VIReIDDataset` with its layout and split builders;
+the parts they share (errors, :func:`read_image`, list parsing, gallery draws) are in
+:mod:`.common`. This module is the registry: :data:`DATASETS` maps each name to its reader
+and :data:`DATASET_NAMES` is the one list of data-set names (the config schema and the data
+check take it from here).
 
-Typical use by an evaluation loop::
+Which split builder (:meth:`VIReIDDataset.test_split`, ``test_samples``, ``validation_split``)
+serves which evaluation setting, and with which trials, is the protocol table's business
+(:mod:`gur_lightning.data.protocols`)::
 
     ds = load_dataset("sysu", root)
-    for proto in ds.protocols():
-        for trial in proto["trials"]:
-            query, gallery = ds.test_split(**proto["kwargs"], trial=trial)
+    for protocol in official_protocols(ds.name):
+        for trial in protocol.trial_values(ds):
+            query, gallery = protocol.build(ds, trial)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from gur_lightning.data.readers.base import Protocol, VIReIDDataset
+from gur_lightning.data.readers.base import VIReIDDataset
 from gur_lightning.data.readers.common import (
     DatasetLayoutError,
     DatasetPathMissingError,
@@ -81,7 +84,6 @@ __all__ = [
     "DatasetPathMissingError",
     "ImageReadError",
     "LLCMDataset",
-    "Protocol",
     "RegDBDataset",
     "SYSUMM01Dataset",
     "VIReIDDataset",

@@ -1,4 +1,8 @@
-"""The interface every raw-layout reader implements (docs/method.md §13 protocols)."""
+"""The interface every raw-layout reader implements.
+
+A reader lists the training images and builds the splits that the protocol table
+(:mod:`gur_lightning.data.protocols`, docs/method.md §13) calls.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,6 @@ from gur_lightning.data.samples import MODALITIES, Modality, Sample
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-#: One element of :meth:`VIReIDDataset.protocols`.
-Protocol = dict[str, Any]
 
 
 class VIReIDDataset(ABC):
@@ -60,7 +61,7 @@ class VIReIDDataset(ABC):
 
     @abstractmethod
     def test_split(self, *args: Any, **kwargs: Any) -> tuple[list[Sample], list[Sample]]:
-        """Return ``(query, gallery)`` of one official test setting (see :meth:`protocols`)."""
+        """Return ``(query, gallery)`` of one official test setting (``data.protocols`` table)."""
 
     @abstractmethod
     def validation_split(self, trial: int | None = None) -> tuple[list[Sample], list[Sample]]:
@@ -69,18 +70,6 @@ class VIReIDDataset(ABC):
     @abstractmethod
     def test_samples(self, modality: Modality) -> list[Sample]:
         """Every test image of one modality (within-modality diagnostic, docs/method.md §13.4)."""
-
-    @abstractmethod
-    def protocols(self) -> list[Protocol]:
-        """List the official evaluation settings.
-
-        Returns:
-            One dict per setting with keys ``name`` (e.g. ``"sysu_all"``, used in metric names),
-            ``kwargs`` (keyword arguments of :meth:`test_split`), ``trials`` (values for its
-            ``trial`` argument; results are averaged over them), ``query_modality`` and
-            ``gallery_modality``. An evaluation runs
-            ``test_split(**p["kwargs"], trial=t)`` for each ``t`` in ``p["trials"]``.
-        """
 
     def __repr__(self) -> str:
         return (

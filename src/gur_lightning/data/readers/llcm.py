@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from gur_lightning.data.readers.base import Protocol, VIReIDDataset
+from gur_lightning.data.readers.base import VIReIDDataset
 from gur_lightning.data.readers.common import (
     NUM_GALLERY_TRIALS,
     DatasetLayoutError,
@@ -202,19 +202,3 @@ class LLCMDataset(VIReIDDataset):
         """
         check_choice(modality, MODALITIES, "modality")
         return all_shots(self.test_ids, self._test_cameras[modality], self._test_groups[modality])
-
-    def protocols(self) -> list[Protocol]:
-        """Visible-to-infrared and infrared-to-visible, each over gallery trials 0..9."""
-        return [
-            {
-                "name": f"llcm_{direction}",
-                "kwargs": {"direction": direction},
-                "trials": list(range(NUM_GALLERY_TRIALS)),
-                "query_modality": query,
-                "gallery_modality": gallery,
-            }
-            for direction, query, gallery in (
-                ("v2i", "visible", "infrared"),
-                ("i2v", "infrared", "visible"),
-            )
-        ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from gur_lightning.data.readers.base import Protocol, VIReIDDataset
+from gur_lightning.data.readers.base import VIReIDDataset
 from gur_lightning.data.readers.common import (
     check_choice,
     check_trial,
@@ -132,19 +132,3 @@ class RegDBDataset(VIReIDDataset):
         """
         check_choice(modality, MODALITIES, "modality")
         return list(self._test[modality])
-
-    def protocols(self) -> list[Protocol]:
-        """Visible-to-thermal and thermal-to-visible of the loaded trial (docs/method.md §13.3)."""
-        return [
-            {
-                "name": f"regdb_{direction}",
-                "kwargs": {"direction": direction},
-                "trials": [self.trial],
-                "query_modality": query,
-                "gallery_modality": gallery,
-            }
-            for direction, query, gallery in (
-                ("v2t", "visible", "infrared"),
-                ("t2v", "infrared", "visible"),
-            )
-        ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from gur_lightning.data.readers.base import Protocol, VIReIDDataset
+from gur_lightning.data.readers.base import VIReIDDataset
 from gur_lightning.data.readers.common import (
     NUM_GALLERY_TRIALS,
     DatasetLayoutError,
@@ -162,16 +162,3 @@ class SYSUMM01Dataset(VIReIDDataset):
         """
         check_choice(modality, MODALITIES, "modality")
         return [s for s in self._images_of(set(self.test_ids)) if s.modality == modality]
-
-    def protocols(self) -> list[Protocol]:
-        """All-search and indoor-search, each over gallery trials 0..9 (docs/method.md §13.2)."""
-        return [
-            {
-                "name": f"sysu_{mode}",
-                "kwargs": {"mode": mode},
-                "trials": list(range(NUM_GALLERY_TRIALS)),
-                "query_modality": "infrared",
-                "gallery_modality": "visible",
-            }
-            for mode in SYSU_GALLERY_CAMERAS
-        ]
