@@ -82,7 +82,7 @@ def test_cluster_engine_options_reach_the_reclustering_callback():
     )
     validate_config(cfg)
     callback = build_reclustering(cfg, [])
-    assert (callback.kernels, callback.knn_backend) == ("numpy", "torch")
+    assert (callback.options.kernels, callback.options.knn_backend) == ("numpy", "torch")
 
 
 @pytest.mark.parametrize(
