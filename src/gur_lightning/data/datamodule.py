@@ -547,7 +547,7 @@ class VIReIDDataModule(L.LightningDataModule):
         In a skipped phase (:meth:`skip_phase`) it is ``range(num_batches)``: the step indices,
         no images. Not an empty loader, because Lightning ends the whole fit on an epoch without
         batches; the re-clustering callback tells the module that the phase is skipped, so its
-        steps return no loss, take no optimiser step, and the schedule goes on.
+        steps return no loss, change no weight, and the schedule goes on.
 
         Raises:
             RuntimeError: If no pseudo-labels were ever installed (no re-clustering callback).

@@ -270,8 +270,8 @@ class GURLitModule(L.LightningModule):
         Args:
             gur_epoch: The GUR epoch of the phase (drives the learning rate).
             trains: False when the phase was skipped (no usable clustering): every step of the
-                phase then returns without a loss, so Lightning takes no optimiser step, and the
-                loader's batches are not looked at.
+                phase then returns without a loss and without looking at the batch, so no
+                gradient exists and no weight changes (Lightning still counts the steps).
         """
         self.gur_epoch = gur_epoch
         self._phase_trains = trains
@@ -450,7 +450,7 @@ class GURLitModule(L.LightningModule):
 
         Returns:
             The weighted loss, or None in a phase the re-clustering skipped
-            (:meth:`begin_phase`): Lightning then takes no optimiser step.
+            (:meth:`begin_phase`): no gradient, so the optimiser changes no weight.
         """
         self._pending = []
         if not self._phase_trains:
