@@ -42,6 +42,7 @@ from gur_lightning.callbacks.validation import (
     PeriodicValidation,
     TestSetSelection,
 )
+from gur_lightning.clustering.policy import ClusterOptions, ClusterPolicy, cluster_phase
 from gur_lightning.config import (
     evaluate_only_hint,
     named_device_count,
@@ -161,11 +162,18 @@ def build_module(cfg: DictConfig):
     )
 
 
-def build_reclustering(cfg: DictConfig, phases: list[Phase]) -> Reclustering:
-    """The re-clustering callback from ``cfg.cluster`` and the schedule's CMLU settings."""
+def build_reclustering(
+    cfg: DictConfig, phases: list[Phase], policy: ClusterPolicy = cluster_phase
+) -> Reclustering:
+    """The re-clustering callback from ``cfg.cluster`` and the schedule's CMLU settings.
+
+    Args:
+        cfg: The composed configuration.
+        phases: The expanded schedule.
+        policy: The stage policy (tests substitute their own; see :class:`Reclustering`).
+    """
     c = cfg.cluster
-    return Reclustering(
-        phases,
+    options = ClusterOptions(
         eps=c.eps,
         eps_intra_camera=c.eps_intra_camera,
         eps_inter_modality=c.eps_inter_modality,
@@ -178,8 +186,8 @@ def build_reclustering(cfg: DictConfig, phases: list[Phase]) -> Reclustering:
         cae_legacy_slicing=c.cae_legacy_slicing,
         cmlu_topk=cfg.schedule.cmlu.topk,
         oracle=c.oracle,
-        experiment=str(cfg.experiment),
     )
+    return Reclustering(phases, options, policy=policy, experiment=str(cfg.experiment))
 
 
 def model_featurizer(module, dm: VIReIDDataModule):
