@@ -633,7 +633,7 @@ def check_dataset(
         )
 
     log.info(
-        "%s training images per identity and camera (mean / median): %s",
+        "%s images per identity and camera in training (mean / median): %s",
         ds.name,
         ", ".join(
             f"{m} {mean:.1f} / {median:g}"
