@@ -8,6 +8,14 @@ override with ``force_add``, past the schema's struct mode, so :func:`validate_c
 re-checks the composed config against its schema (:func:`check_schema`): ``+cluster.esp=0.5``
 fails there, naming the key. Value ranges (eps must be positive, K must divide the batch...) are
 checked right after, before anything is built.
+
+Every default is defined once (docs/architecture.md §11.2): a setting that a library constructor
+also takes has its default in that library's torch-free options module
+(:mod:`gur_lightning.data.options`, :mod:`gur_lightning.models.options`,
+:mod:`gur_lightning.clustering.options`, the schedule's and SynVI's constants), and the field
+below refers to it; a setting only a run has (the schedule's budget, the evaluation) has its
+default here, and its constructor takes it without a default. The
+YAML files under ``conf/`` hold only what differs from these defaults.
 """
 
 from __future__ import annotations
@@ -17,10 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from gur_lightning.clustering.options import (
+    DEFAULT_CAE_TEMPERATURE,
+    DEFAULT_EPS,
+    DEFAULT_EPS_INTRA_CAMERA,
     DEFAULT_K1,
     DEFAULT_K2,
     DEFAULT_KERNELS,
@@ -29,7 +40,9 @@ from gur_lightning.clustering.options import (
     KERNEL_CHOICES,
     KNN_BACKENDS,
 )
+from gur_lightning.data import options as data_defaults
 from gur_lightning.data.readers import DATASET_NAMES
+from gur_lightning.models import options as model_defaults
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
 from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED
 
@@ -85,12 +98,12 @@ class AugmentConfig:
         intensity_remap_knots: Linear pieces of that curve.
     """
 
-    pad: int = 10
-    flip_p: float = 0.5
-    erasing_p: float = 0.5
-    adap_gray_p: float = 0.5
-    intensity_remap_p: float = 0.0
-    intensity_remap_knots: int = 4
+    pad: int = data_defaults.PAD
+    flip_p: float = data_defaults.FLIP_P
+    erasing_p: float = data_defaults.ERASING_P
+    adap_gray_p: float = data_defaults.ADAP_GRAY_P
+    intensity_remap_p: float = data_defaults.INTENSITY_REMAP_P
+    intensity_remap_knots: int = data_defaults.INTENSITY_REMAP_KNOTS
 
 
 @dataclass
@@ -123,18 +136,18 @@ class DataConfig:
 
     name: str = DEFAULT_DATASET
     root: str = MISSING
-    trial: int = 1
+    trial: int = data_defaults.TRIAL
     holdout_val: bool = False
     synvi: SynVITreeConfig | None = None
-    height: int = 288
-    width: int = 144
-    num_instances: int = 16
-    visible_batch_size: int = 128
-    infrared_batch_size: int = 256
-    num_workers: int = 4
-    eval_batch_size: int = 64
-    shrink_batch: bool = True
-    min_identities: int = 2
+    height: int = data_defaults.HEIGHT
+    width: int = data_defaults.WIDTH
+    num_instances: int = data_defaults.NUM_INSTANCES
+    visible_batch_size: int = data_defaults.VISIBLE_BATCH_SIZE
+    infrared_batch_size: int = data_defaults.INFRARED_BATCH_SIZE
+    num_workers: int = data_defaults.NUM_WORKERS
+    eval_batch_size: int = data_defaults.EVAL_BATCH_SIZE
+    shrink_batch: bool = data_defaults.SHRINK_BATCH
+    min_identities: int = data_defaults.MIN_IDENTITIES
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     check: bool = True
 
@@ -152,10 +165,10 @@ class BackboneConfig:
         non_local: AGW non-local blocks (off in the reference).
     """
 
-    depth: int = 50
+    depth: int = model_defaults.DEPTH
     pretrained: str | None = None
-    last_stride: int = 1
-    gem_p: float = 3.0
+    last_stride: int = model_defaults.LAST_STRIDE
+    gem_p: float = model_defaults.GEM_P
     non_local: bool = False
 
 
@@ -169,9 +182,9 @@ class MemoryConfig:
         update_mode: ``mean`` (every sample, in order) or ``hard`` (hardest positive per cluster).
     """
 
-    temperature: float = 0.05
-    momentum: float = 0.1
-    update_mode: str = "mean"
+    temperature: float = model_defaults.TEMPERATURE
+    momentum: float = model_defaults.MEMORY_MOMENTUM
+    update_mode: str = model_defaults.UPDATE_MODE
 
 
 @dataclass
@@ -195,44 +208,47 @@ class ModelConfig:
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    loss_weight_visible: float = 1.0
-    loss_weight_infrared: float = 1.0
+    lr: float = model_defaults.LR
+    weight_decay: float = model_defaults.WEIGHT_DECAY
+    loss_weight_visible: float = model_defaults.LOSS_WEIGHT
+    loss_weight_infrared: float = model_defaults.LOSS_WEIGHT
     channels_last: bool = False
-    bn_replicas: int = 1
+    bn_replicas: int = model_defaults.BN_REPLICAS
 
 
 @dataclass
 class ClusterConfig:
     """Pseudo-labelling (docs/method.md §7-9; Hydra group ``cluster``).
 
+    The defaults are the pseudo-label library's (:mod:`gur_lightning.clustering.options`: the
+    reference's SYSU-MM01 values).
+
     Attributes:
         eps: DBSCAN radius of the per-modality clustering of stage 2 (0.6 SYSU, 0.3 RegDB).
         eps_intra_camera: Radius of the per-camera clustering of stage 1 (0.55).
-        eps_inter_modality: Radius of the joint clustering of stage 3 (defaults to ``eps``).
+        eps_inter_modality: Radius of the joint clustering of stage 3. Defaults to ``eps``
+            (the reference uses one radius for both): an interpolation of the sibling key,
+            resolved when the config is read, so ``cluster.eps=0.45`` moves both and the
+            recorded config shows the radius that ran.
         min_samples: DBSCAN core-point size, the point included.
         k1: k-reciprocal neighbourhood size.
         k2: Query-expansion neighbourhood size.
         knn_backend: ``auto``, ``torch`` or ``faiss``.
         kernels: ``auto``, ``numba`` or ``numpy``: compiled or numpy pseudo-label kernels.
-
-    The defaults of ``min_samples`` .. ``kernels`` are the pseudo-label library's
-    (:mod:`gur_lightning.clustering.options`; the reference's 4, 30, 6).
         cae_temperature: Softmax temperature of cross-memory association embeddings (0.05).
         cae_legacy_slicing: Reproduce the reference's camera-CAE slicing bug (§17.1).
         oracle: Ground-truth labels instead of clustering (the supervised upper bound only).
     """
 
-    eps: float = 0.6
-    eps_intra_camera: float = 0.55
-    eps_inter_modality: float = 0.6
+    eps: float = DEFAULT_EPS
+    eps_intra_camera: float = DEFAULT_EPS_INTRA_CAMERA
+    eps_inter_modality: float = II(".eps")
     min_samples: int = DEFAULT_MIN_SAMPLES
     k1: int = DEFAULT_K1
     k2: int = DEFAULT_K2
     knn_backend: str = DEFAULT_KNN_BACKEND
     kernels: str = DEFAULT_KERNELS
-    cae_temperature: float = 0.05
+    cae_temperature: float = DEFAULT_CAE_TEMPERATURE
     cae_legacy_slicing: bool = False
     oracle: bool = False
 
@@ -242,7 +258,9 @@ class EvalConfig:
     """When and how to evaluate.
 
     Attributes:
-        val_every_n_epochs: Validation (never on the test set) every N GUR epochs; 0 disables.
+        val_every_n_epochs: Validation (never on the test set) every N GUR epochs; 0 disables
+            it. The reference picked its "best" checkpoint by test mAP (docs/method.md §17.12);
+            we report the last epoch, and a validation only ever scores held-out identities.
         test_after_fit: Run the data set's full test protocol on the last-epoch weights.
         max_trials: Use only the first N gallery trials (None: all, as published tables).
         within_modality: Also report the within-modality diagnostic (visible -> visible and
@@ -307,8 +325,8 @@ class TrainConfig:
             names are derived from it (``${method}_sysu``...).
         recipe: The training regime that was applied (``official``: what the published
             numbers were trained with; ``fixed``: our corrections; docs/recipes.md).
-        seed: Global seed.
-        ckpt_path: Checkpoint to resume from.
+        seed: Global seed (also of every training draw, with the phase index and the rank).
+        ckpt_path: Checkpoint to resume from: an earlier run's ``checkpoints/last.ckpt``.
         tags: Free-form tags for the logger.
     """
 

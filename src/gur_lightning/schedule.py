@@ -18,6 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gur_lightning.clustering.options import DEFAULT_CMLU_TOPK
+
+#: StepLR of the reference: the learning rate decays every 20 GUR epochs by 0.1 (docs/method.md
+#: §12); :class:`~gur_lightning.models.module.GURLitModule` takes its defaults from here too.
+LR_STEP_SIZE = 20
+LR_GAMMA = 0.1
+
 StageName = Literal["intra_camera", "inter_camera", "inter_modality"]
 STAGES: tuple[StageName, ...] = ("intra_camera", "inter_camera", "inter_modality")
 
@@ -82,13 +89,14 @@ class CMLUConfig:
         enabled: Use CMLU at all (``method=adca`` and ``method=supervised`` switch it off).
         start_epoch: Label propagation infrared -> visible from this GUR epoch (30 SYSU, 20 RegDB).
         smooth_start_epoch: Homogeneous smoothing from this epoch (40 SYSU, 20 RegDB).
-        topk: Neighbours of the heterogeneous and homogeneous affinities (20 SYSU, 10 RegDB).
+        topk: Neighbours of the heterogeneous and homogeneous affinities (20 SYSU, 10 RegDB;
+            the pseudo-label library's default, :mod:`gur_lightning.clustering.options`).
     """
 
     enabled: bool = True
     start_epoch: int = 30
     smooth_start_epoch: int = 40
-    topk: int = 20
+    topk: int = DEFAULT_CMLU_TOPK
 
 
 @dataclass
@@ -114,8 +122,8 @@ class ScheduleConfig:
     inter_camera: InterCameraConfig = field(default_factory=InterCameraConfig)
     inter_modality: InterModalityConfig = field(default_factory=InterModalityConfig)
     cmlu: CMLUConfig = field(default_factory=CMLUConfig)
-    lr_step_size: int = 20
-    lr_gamma: float = 0.1
+    lr_step_size: int = LR_STEP_SIZE
+    lr_gamma: float = LR_GAMMA
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from gur_lightning.clustering.options import (
+    DEFAULT_CAE_TEMPERATURE,
+    DEFAULT_CMLU_TOPK,
+    DEFAULT_EPS,
+    DEFAULT_EPS_INTRA_CAMERA,
     DEFAULT_K1,
     DEFAULT_K2,
     DEFAULT_KERNELS,
@@ -131,7 +135,7 @@ class Reclustering(Callback):
         phases: The expanded schedule (:func:`gur_lightning.schedule.build_phases`).
         eps: Per-modality DBSCAN radius of stage 2.
         eps_intra_camera: Radius of the per-camera clustering of stage 1.
-        eps_inter_modality: Radius of the joint clustering of stage 3.
+        eps_inter_modality: Radius of the joint clustering of stage 3 (None: ``eps``).
         min_samples: DBSCAN core size.
         k1: k-reciprocal neighbourhood size.
         k2: Query-expansion size.
@@ -163,17 +167,17 @@ class Reclustering(Callback):
         self,
         phases: Sequence[Phase],
         *,
-        eps: float = 0.6,
-        eps_intra_camera: float = 0.55,
-        eps_inter_modality: float = 0.6,
+        eps: float = DEFAULT_EPS,
+        eps_intra_camera: float = DEFAULT_EPS_INTRA_CAMERA,
+        eps_inter_modality: float | None = None,
         min_samples: int = DEFAULT_MIN_SAMPLES,
         k1: int = DEFAULT_K1,
         k2: int = DEFAULT_K2,
         knn_backend: KnnBackend = DEFAULT_KNN_BACKEND,
         kernels: KernelChoice = DEFAULT_KERNELS,
-        cae_temperature: float = 0.05,
+        cae_temperature: float = DEFAULT_CAE_TEMPERATURE,
         cae_legacy_slicing: bool = False,
-        cmlu_topk: int = 20,
+        cmlu_topk: int = DEFAULT_CMLU_TOPK,
         oracle: bool = False,
         experiment: str = "none",
     ) -> None:
@@ -182,7 +186,7 @@ class Reclustering(Callback):
         self.eps = {
             "intra_camera": eps_intra_camera,
             "inter_camera": eps,
-            "inter_modality": eps_inter_modality,
+            "inter_modality": eps if eps_inter_modality is None else eps_inter_modality,
         }
         self.min_samples = min_samples
         self.k1 = k1
