@@ -15,14 +15,16 @@ also takes has its default in that library's torch-free options module
 :mod:`gur_lightning.clustering.options`, the schedule's and SynVI's constants), and the field
 below refers to it; a setting only a run has (the schedule's budget, the evaluation) has its
 default here, and its constructor takes it without a default. The
-YAML files under ``conf/`` hold only what differs from these defaults.
+YAML files under ``conf/`` hold only what differs from these defaults, and
+:func:`constructor_kwargs` hands a node to the object it configures, field by field by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
@@ -368,6 +370,53 @@ EVALUATE_ONLY_KEYS: dict[str, str] = {
     ),
     "features": "evaluating features is python -m gur_lightning.evaluate features=...",
 }
+
+
+def constructor_kwargs(
+    node: Any,
+    target: Callable[..., Any],
+    *,
+    rename: Mapping[str, str] | None = None,
+    exclude: Collection[str] = (),
+) -> dict[str, Any]:
+    """Keyword arguments of ``target`` from a schema node: how a config part becomes an object.
+
+    The one mapping from the schema to the constructors (docs/architecture.md §11.3): every
+    field of ``node`` goes to the parameter of the same name (or the name ``rename`` gives it),
+    resolved, with nested nodes as plain dicts and lists. A field that ``target`` does not take
+    is an error, unless ``exclude`` names it (a field read elsewhere), so a field added to the
+    schema must be wired somewhere and a renamed parameter cannot silently drop a setting.
+    Parameters without a field keep the constructor's default (its library constant).
+
+    Args:
+        node: A schema node (``DictConfig``) or a mapping of field values.
+        target: The class or function to call.
+        rename: Field name -> parameter name, where they differ.
+        exclude: Fields not passed to ``target``.
+
+    Returns:
+        The keyword arguments, in the node's field order.
+
+    Raises:
+        TypeError: Naming the field and the callable when ``target`` has no such parameter.
+    """
+    rename = rename or {}
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    values = cast(Mapping[str, Any], node)
+    params = inspect.signature(target).parameters
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in exclude:
+            continue
+        name = rename.get(key, key)
+        if name not in params:
+            raise TypeError(
+                f"config field {key!r} has no parameter {name!r} in "
+                f"{getattr(target, '__qualname__', target)}: wire it (rename) or exclude it"
+            )
+        kwargs[name] = value
+    return kwargs
 
 
 def register_configs() -> None:

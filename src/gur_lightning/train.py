@@ -43,6 +43,7 @@ from gur_lightning.callbacks.validation import (
     TestSetSelection,
 )
 from gur_lightning.config import (
+    constructor_kwargs,
     evaluate_only_hint,
     named_device_count,
     register_configs,
@@ -109,75 +110,54 @@ def plain_dict(node: Any, *, resolve: bool = True) -> dict[str, Any]:
 
 
 def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
-    """The DataModule from ``cfg.data`` (SynVI generated first when configured)."""
-    d = cfg.data
-    synvi = plain_dict(d.synvi) if d.synvi is not None else None
+    """The DataModule from ``cfg.data`` (SynVI generated first when configured).
+
+    Every ``data`` field goes to the parameter of its name (:func:`constructor_kwargs`) but
+    ``check``, which ``train`` runs itself; the seed and the replica count are the run's and the
+    model's.
+    """
     return VIReIDDataModule(
-        d.name,
-        d.root,
-        trial=d.trial,
-        holdout_val=d.holdout_val,
-        synvi=synvi,
-        height=d.height,
-        width=d.width,
-        num_instances=d.num_instances,
-        visible_batch_size=d.visible_batch_size,
-        infrared_batch_size=d.infrared_batch_size,
-        num_workers=d.num_workers,
-        eval_batch_size=d.eval_batch_size,
-        shrink_batch=d.shrink_batch,
-        min_identities=d.min_identities,
-        augment=plain_dict(d.augment),
+        **constructor_kwargs(cfg.data, VIReIDDataModule, exclude=("check",)),
         seed=cfg.seed,
         bn_replicas=cfg.model.bn_replicas,
     )
 
 
 def build_module(cfg: DictConfig):
-    """The GURLitModule with its two-stream backbone from ``cfg.model``."""
+    """The GURLitModule with its two-stream backbone from ``cfg.model`` and the LR schedule.
+
+    ``model.backbone`` and ``model.bn_replicas`` make the backbone; the other ``model`` fields go
+    to the module by name, ``model.memory``'s as ``temperature``, ``memory_momentum`` and
+    ``memory_update``; the learning-rate steps are the schedule's.
+    """
     from gur_lightning.models import DualStreamResNet, GURLitModule
 
     m = cfg.model
     backbone = DualStreamResNet(
-        depth=m.backbone.depth,
-        last_stride=m.backbone.last_stride,
-        gem_p=m.backbone.gem_p,
-        pretrained=m.backbone.pretrained,
-        non_local=m.backbone.non_local,
-        bn_replicas=m.bn_replicas,
+        **constructor_kwargs(m.backbone, DualStreamResNet), bn_replicas=m.bn_replicas
     )
     return GURLitModule(
         backbone,
-        lr=m.lr,
-        weight_decay=m.weight_decay,
+        **constructor_kwargs(m, GURLitModule, exclude=("backbone", "memory", "bn_replicas")),
+        **constructor_kwargs(m.memory, GURLitModule, rename=_MEMORY_PARAMETERS),
         lr_step_size=cfg.schedule.lr_step_size,
         lr_gamma=cfg.schedule.lr_gamma,
-        temperature=m.memory.temperature,
-        memory_momentum=m.memory.momentum,
-        memory_update=m.memory.update_mode,
-        loss_weight_visible=m.loss_weight_visible,
-        loss_weight_infrared=m.loss_weight_infrared,
-        channels_last=m.channels_last,
     )
 
 
+#: ``model.memory`` field -> ``GURLitModule`` parameter.
+_MEMORY_PARAMETERS: dict[str, str] = {
+    "momentum": "memory_momentum",
+    "update_mode": "memory_update",
+}
+
+
 def build_reclustering(cfg: DictConfig, phases: list[Phase]) -> Reclustering:
-    """The re-clustering callback from ``cfg.cluster`` and the schedule's CMLU settings."""
-    c = cfg.cluster
+    """The re-clustering callback: every ``cluster`` field by name, the schedule's CMLU top-k."""
     return Reclustering(
         phases,
-        eps=c.eps,
-        eps_intra_camera=c.eps_intra_camera,
-        eps_inter_modality=c.eps_inter_modality,
-        min_samples=c.min_samples,
-        k1=c.k1,
-        k2=c.k2,
-        knn_backend=c.knn_backend,
-        kernels=c.kernels,
-        cae_temperature=c.cae_temperature,
-        cae_legacy_slicing=c.cae_legacy_slicing,
+        **constructor_kwargs(cfg.cluster, Reclustering),
         cmlu_topk=cfg.schedule.cmlu.topk,
-        oracle=c.oracle,
         experiment=str(cfg.experiment),
     )
 
