@@ -13,8 +13,8 @@ Every default is defined once (docs/architecture.md §11.2): a setting that a li
 also takes has its default in that library's torch-free options module
 (:mod:`gur_lightning.data.options`, :mod:`gur_lightning.models.options`,
 :mod:`gur_lightning.clustering.options`, the schedule's and SynVI's constants), and the field
-below refers to it; a setting only a run has (the schedule's budget, the evaluation) has its
-default here, and its constructor takes it without a default. The
+below refers to it; a setting only a run has (the schedule's budget, the evaluation, the
+callbacks' options) has its default here, and its constructor takes it without a default. The
 YAML files under ``conf/`` hold only what differs from these defaults, and
 :func:`constructor_kwargs` hands a node to the object it configures, field by field by name.
 """
@@ -290,6 +290,55 @@ class EvalConfig:
 
 
 @dataclass
+class PicturesConfig:
+    """Dashboard pictures, :mod:`gur_lightning.callbacks.pictures` (key ``callbacks.pictures``).
+
+    Attributes:
+        enabled: Draw the pseudo-label quality curves after every GUR epoch and, when
+            ``eval.test_after_fit`` is on, the ranking lists of a few test queries after fit.
+        num_queries: Queries drawn per test protocol (first gallery trial).
+        topk: Gallery items shown per query.
+    """
+
+    enabled: bool = True
+    num_queries: int = 4
+    topk: int = 10
+
+
+@dataclass
+class CallbacksConfig:
+    """The run's own Lightning callbacks (Hydra group ``callbacks``; docs/architecture.md §11.3).
+
+    :func:`gur_lightning.train.build_callbacks` builds them in this order, after any callbacks
+    handed to ``train`` (each hook runs them in list order):
+
+    1. ``graceful_stop``: SIGTERM / SIGINT stop the run at the next batch end, resumable.
+    2. The re-clustering callback (always: it is the method; the ``cluster`` group sets it).
+    3. ``last_checkpoint``: ``checkpoints/last.ckpt`` at every phase end, the resume points.
+    4. With ``trainer.strategy.start_method=spawn`` (``trainer=ddp_cpu``): the spawned
+       workers' logging and process-group teardown (not optional: the run needs them).
+    5. With ``trainer.enable_progress_bar``: the progress bar that names the phase.
+    6. With ``eval.val_every_n_epochs > 0``: validation on held-out identities.
+    7. With ``eval.select_on_test`` (``recipe=official``): the reference's test-set selection.
+    8. ``pictures``: the cluster-quality curves, then the ranking lists.
+
+    ``trainer.fast_dev_run`` turns ``last_checkpoint`` and ``pictures`` off.
+
+    Attributes:
+        graceful_stop: Handle SIGTERM / SIGINT
+            (:class:`~gur_lightning.callbacks.signals.GracefulStop`); off, a signal ends the run
+            as Lightning's own handling does.
+        last_checkpoint: Write ``checkpoints/last.ckpt`` at every phase end; off, the run
+            cannot be resumed (and Lightning writes no checkpoint of its own either).
+        pictures: The picture callbacks.
+    """
+
+    graceful_stop: bool = True
+    last_checkpoint: bool = True
+    pictures: PicturesConfig = field(default_factory=PicturesConfig)
+
+
+@dataclass
 class PathsConfig:
     """Output locations.
 
@@ -320,6 +369,7 @@ class TrainConfig:
         logger: Logger node with ``_target_`` (or None).
         paths: Output locations.
         eval: Evaluation settings.
+        callbacks: Which of the run's own callbacks exist, and their options.
         task_name: Name of the run folder family.
         experiment: Name of the experiment preset that was applied.
         method: The method that was trained, set by the ``method`` group (``gur``, ``adca``:
@@ -340,6 +390,7 @@ class TrainConfig:
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     task_name: str = "train"
     experiment: str = "none"
     method: str = "gur"
@@ -656,6 +707,10 @@ def validate_config(
     _validate_replicas(cfg)
     _check(cfg.method in METHODS, "method", cfg.method, f"one of {METHODS}")
     _check(cfg.recipe in RECIPES, "recipe", cfg.recipe, f"one of {RECIPES}")
+    pictures = cfg.callbacks.pictures
+    for key in ("num_queries", "topk"):
+        value = getattr(pictures, key)
+        _check(value >= 1, f"callbacks.pictures.{key}", value, "an integer >= 1")
     _check(
         cfg.eval.select_on_test_from_epoch >= 0,
         "eval.select_on_test_from_epoch",
