@@ -11,8 +11,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from gur_lightning.callbacks.recluster import Reclustering
 from gur_lightning.clustering import JaccardOptions, dbscan_labels
+from gur_lightning.clustering.policy import ClusterOptions
 from gur_lightning.config import (
     ClusterConfig,
     ConfigError,
@@ -107,9 +107,9 @@ def test_cluster_defaults_are_the_pseudo_label_librarys():
         cluster.min_samples == inspect.signature(dbscan_labels).parameters["min_samples"].default
     )
     assert cluster.min_samples == 4
-    callback = inspect.signature(Reclustering).parameters
+    policy = ClusterOptions()
     for key in ("min_samples", "k1", "k2", "knn_backend", "kernels"):
-        assert callback[key].default == getattr(cluster, key), key
+        assert getattr(policy, key) == getattr(cluster, key), key
 
 
 def test_sweep_override_of_interpolated_eps():
@@ -125,7 +125,7 @@ def test_cluster_engine_options_reach_the_reclustering_callback():
     )
     validate_config(cfg)
     callback = build_reclustering(cfg, [])
-    assert (callback.kernels, callback.knn_backend) == ("numpy", "torch")
+    assert (callback.options.kernels, callback.options.knn_backend) == ("numpy", "torch")
 
 
 @pytest.mark.parametrize(

@@ -153,9 +153,8 @@ def test_local_rank_comes_from_the_launcher_environment():
     assert launch_local_rank({}) == 0
     assert launch_local_rank({"LOCAL_RANK": "3"}) == 3
     assert launch_local_rank({"SLURM_LOCALID": "2"}) == 2
-    assert VIReIDDataModule(
-        "sysu", "/nonexistent", seed=1, bn_replicas=1
-    ).is_prepared()  # real data: nothing to make
+    real = VIReIDDataModule("sysu", "/nonexistent", seed=1, bn_replicas=1)
+    assert real.is_prepared()  # real data: nothing to make
 
 
 # --------------------------------------------------------------------------- 2-process run
@@ -334,8 +333,10 @@ RANK0_EXIT_DELAY_S = 5.0
 class FailOnRankZero(Callback):
     """Make rank 0's clustering of one phase raise a non-clustering error (a bug, say).
 
-    Each worker writes the exception that leaves its re-clustering to ``error_rank<r>.txt``
-    (Lightning runs ``on_exception`` hooks in the spawn parent only, not in the workers).
+    The Reclustering callback's stage policy (its public ``policy``) is replaced in every worker
+    by one that fails in that phase; only rank 0 runs the policy. Each worker writes the
+    exception that leaves the re-clustering hook to ``error_rank<r>.txt`` (Lightning runs
+    ``on_exception`` hooks in the spawn parent only, not in the workers).
     """
 
     def __init__(self, phase: int, out_dir: str) -> None:
@@ -346,17 +347,18 @@ class FailOnRankZero(Callback):
         import time
 
         recluster = next(c for c in trainer.callbacks if isinstance(c, Reclustering))
-        cluster, prepare = recluster._cluster, recluster._prepare
+        policy, epoch_end = recluster.policy, recluster.on_train_epoch_end
         phase_index, rank, out = self.phase, trainer.global_rank, Path(self.out_dir)
 
-        def failing_cluster(phase, samples, features):
+        def failing_policy(phase, features, identities, prototypes, options):
             if phase.index == phase_index and rank == 0:
                 raise KeyError("injected failure")
-            return cluster(phase, samples, features)
+            return policy(phase, features, identities, prototypes, options)
 
-        def reporting_prepare(*args, **kwargs):
+        def reporting_epoch_end(*args, **kwargs):
+            # Phase 1 is clustered at the end of Lightning epoch 0.
             try:
-                return prepare(*args, **kwargs)
+                return epoch_end(*args, **kwargs)
             except Exception as exc:
                 (out / f"error_rank{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
                 if rank == 0:
@@ -365,8 +367,8 @@ class FailOnRankZero(Callback):
                     time.sleep(RANK0_EXIT_DELAY_S)
                 raise
 
-        recluster._cluster = failing_cluster
-        recluster._prepare = reporting_prepare
+        recluster.policy = failing_policy
+        recluster.on_train_epoch_end = reporting_epoch_end
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from gur_lightning.callbacks.recluster import Reclustering
 from gur_lightning.clustering import cmlu
 from gur_lightning.clustering.cae import cae_embedding
+from gur_lightning.clustering.policy import ClusterOptions
 from gur_lightning.config import (
     AugmentConfig,
     BackboneConfig,
@@ -101,11 +101,11 @@ REFERENCE: list[tuple[Any, Any, dict[str, str], dict[str, Any]]] = [
     ),
     (ModelConfig, DualStreamResNet, {}, {"bn_replicas": 1}),
     (ScheduleConfig, GURLitModule, {}, {"lr_step_size": 20, "lr_gamma": 0.1}),
-    (CMLUConfig, Reclustering, {"topk": "cmlu_topk"}, {"topk": 20}),
+    (CMLUConfig, ClusterOptions, {"topk": "cmlu_topk"}, {"topk": 20}),
     (CMLUConfig, cmlu, {}, {"topk": 20}),
     (
         ClusterConfig,
-        Reclustering,
+        ClusterOptions,
         {},
         {
             "eps": 0.6,
@@ -134,17 +134,18 @@ def test_schema_and_constructor_share_the_reference_defaults(schema, target, ren
         assert params[rename.get(key, key)] == value, f"{target.__name__}({key})"
 
 
-def test_eps_inter_modality_defaults_to_eps_in_the_schema_and_the_callback():
+def test_eps_inter_modality_defaults_to_eps_in_the_schema_and_the_options():
     cfg = OmegaConf.merge(OmegaConf.structured(ClusterConfig), {"eps": 0.3})
     assert cfg.eps_inter_modality == 0.3  # follows eps, resolved when read
     cfg = OmegaConf.merge(cfg, {"eps_inter_modality": 0.5})
     assert (cfg.eps, cfg.eps_inter_modality) == (0.3, 0.5)
-    assert Reclustering([], eps=0.3).eps == {
-        "intra_camera": 0.55,
-        "inter_camera": 0.3,
-        "inter_modality": 0.3,
-    }
-    assert Reclustering([], eps=0.3, eps_inter_modality=0.5).eps["inter_modality"] == 0.5
+    radii = ClusterOptions(eps=0.3)
+    assert [radii.eps_of(s) for s in ("intra_camera", "inter_camera", "inter_modality")] == [
+        0.55,
+        0.3,
+        0.3,
+    ]
+    assert ClusterOptions(eps=0.3, eps_inter_modality=0.5).eps_of("inter_modality") == 0.5
 
 
 def test_constructor_kwargs_maps_fields_by_name_and_refuses_unwired_ones():
@@ -230,9 +231,10 @@ def test_every_cluster_field_reaches_the_reclustering_callback():
         "method=supervised",
     )
     callback = build_reclustering(cfg, [])
-    assert callback.eps == {"intra_camera": 0.4, "inter_camera": 0.3, "inter_modality": 0.3}
-    assert (callback.cae_temperature, callback.cae_legacy_slicing) == (0.1, True)  # official
-    assert (callback.oracle, callback.cmlu_topk, callback.experiment) == (True, 10, "regdb")
+    options = callback.options
+    assert (options.eps_intra_camera, options.eps, options.eps_inter_modality) == (0.4, 0.3, 0.3)
+    assert (options.cae_temperature, options.cae_legacy_slicing) == (0.1, True)  # official
+    assert (options.oracle, options.cmlu_topk, callback.experiment) == (True, 10, "regdb")
 
 
 # ----------------------------------------------------------------------------- YAML files

@@ -8,6 +8,8 @@ of range. (A checkpoint from another experiment is tested with the resume featur
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -19,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gur_lightning import train as train_mod
+from gur_lightning.clustering.policy import cluster_phase
 from gur_lightning.config import ConfigError
 from gur_lightning.data.check import DataCheckError
 from gur_lightning.data.readers import DatasetLayoutError, DatasetPathMissingError, ImageReadError
@@ -183,21 +187,15 @@ def test_fewer_clusters_than_a_batch_needs_lowers_the_batch(tree, tmp_path, capl
 
 
 def test_a_skipped_phase_does_not_end_training(tree, tmp_path, monkeypatch):
-    from gur_lightning.callbacks.recluster import Reclustering
-
-    original = Reclustering._cluster
-
-    def no_cluster_in_phase_0(self, phase, samples, features):
+    def no_cluster_in_phase_0(phase, features, identities, prototypes, options):
         # The real DBSCAN with an impossible core size, for the first phase only.
-        if phase.index != 0:
-            return original(self, phase, samples, features)
-        saved, self.min_samples = self.min_samples, 10**4
-        try:
-            return original(self, phase, samples, features)
-        finally:
-            self.min_samples = saved
+        if phase.index == 0:
+            options = dataclasses.replace(options, min_samples=10**4)
+        return cluster_phase(phase, features, identities, prototypes, options)
 
-    monkeypatch.setattr(Reclustering, "_cluster", no_cluster_in_phase_0)
+    # The stage policy is the callback's constructor argument.
+    build = functools.partial(train_mod.build_reclustering, policy=no_cluster_in_phase_0)
+    monkeypatch.setattr(train_mod, "build_reclustering", build)
     train(_cfg(tmp_path, *SHORT))
     history = _history(tmp_path)
     assert [h["skipped"] for h in history] == [True] + [False] * 5

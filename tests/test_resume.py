@@ -1,9 +1,9 @@
 """Resume: a run interrupted at phase ends and resumed from last.ckpt equals an uninterrupted run.
 
 Exactness holds on CPU because every draw of a phase (identity plan, instances, augmentations)
-is seeded from (seed, phase, rank), and the Reclustering callback checkpoints the labels and
-memories installed for the next phase plus the trained memories that later stages use as CAE
-prototypes. Foreign checkpoints (other schedule or data, mid-phase, not ours) are refused.
+is seeded from (seed, phase, rank), the Reclustering callback checkpoints the labels installed
+for the next phase, and the module its memories plus the trained memories that later stages use
+as CAE prototypes. Foreign checkpoints (other schedule or data, mid-phase, not ours) are refused.
 """
 
 from __future__ import annotations

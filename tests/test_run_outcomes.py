@@ -7,6 +7,7 @@ REAL signals to ``python -m gur_lightning.train`` subprocesses (slow).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from gur_lightning.callbacks.recluster import Reclustering
+from gur_lightning import train as train_mod
 from gur_lightning.callbacks.signals import GracefulStop
 from gur_lightning.config import ConfigError
 from gur_lightning.train import (
@@ -208,10 +209,12 @@ def test_failure_is_in_the_job_log_file_and_in_status(data_dir, tmp_path, monkey
     class DiskOnFire(Exception):
         pass
 
-    def boom(self, phase, samples, features):
+    def boom(phase, features, identities, prototypes, options):
         raise DiskOnFire("the disk is on fire")
 
-    monkeypatch.setattr(Reclustering, "_cluster", boom)
+    # The stage policy is the callback's constructor argument.
+    build = functools.partial(train_mod.build_reclustering, policy=boom)
+    monkeypatch.setattr(train_mod, "build_reclustering", build)
     run = tmp_path / "run"
     argv = ["train", "+experiment=smoke", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]
     monkeypatch.setattr(sys, "argv", [*argv, *SHORT])

@@ -43,6 +43,7 @@ from gur_lightning.callbacks.validation import (
     PeriodicValidation,
     TestSetSelection,
 )
+from gur_lightning.clustering.policy import ClusterOptions, ClusterPolicy, cluster_phase
 from gur_lightning.config import (
     constructor_kwargs,
     evaluate_only_hint,
@@ -155,14 +156,23 @@ _MEMORY_PARAMETERS: dict[str, str] = {
 }
 
 
-def build_reclustering(cfg: DictConfig, phases: list[Phase]) -> Reclustering:
-    """The re-clustering callback: every ``cluster`` field by name, the schedule's CMLU top-k."""
-    return Reclustering(
-        phases,
-        **constructor_kwargs(cfg.cluster, Reclustering),
-        cmlu_topk=cfg.schedule.cmlu.topk,
-        experiment=str(cfg.experiment),
+def build_reclustering(
+    cfg: DictConfig, phases: list[Phase], policy: ClusterPolicy = cluster_phase
+) -> Reclustering:
+    """The re-clustering callback: every ``cluster`` field into one frozen :class:`ClusterOptions`.
+
+    The ``cluster`` fields go to the options by name (:func:`constructor_kwargs`), with the
+    schedule's CMLU top-k.
+
+    Args:
+        cfg: The composed configuration.
+        phases: The expanded schedule.
+        policy: The stage policy (tests substitute their own; see :class:`Reclustering`).
+    """
+    options = ClusterOptions(
+        **constructor_kwargs(cfg.cluster, ClusterOptions), cmlu_topk=cfg.schedule.cmlu.topk
     )
+    return Reclustering(phases, options, policy=policy, experiment=str(cfg.experiment))
 
 
 def model_featurizer(module, dm: VIReIDDataModule):

@@ -326,3 +326,93 @@ def test_fit_without_memories_fails_loudly():
     module = make_module(seed=11)
     with pytest.raises(RuntimeError, match="re-clustering callback configured"):
         quiet_trainer().fit(module, _loader(1, 0))
+
+
+def test_memory_state_round_trips_through_the_checkpoint_bit_for_bit():
+    import io
+
+    from gur_lightning.clustering.policy import Prototypes
+
+    module = make_module(seed=12)
+    _set_default_memories(module)
+    batch = make_batch(2, 4, 3, 4, seed=40)
+    module.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = module.training_step(batch, 0)
+    module.on_train_batch_end(loss, batch, 0)  # trained rows, not the installed centroids
+    module.set_memories(
+        {"visible": centroids(3, 22), "infrared": centroids(4, 23)},
+        {"visible": "infrared", "infrared": "infrared"},
+    )
+    trained = {"visible": centroids(3, 24), "infrared": centroids(4, 25)}
+    module.keep_prototypes(
+        Prototypes(
+            cameras={("visible", 2): trained["visible"], ("infrared", 10): trained["infrared"]},
+            modalities=dict(trained),
+        )
+    )
+    ckpt: dict = {}
+    module.on_save_checkpoint(ckpt)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    buffer.seek(0)
+    ckpt = torch.load(buffer, weights_only=True)  # tensors and plain data only
+    restored = make_module(seed=13)
+    restored.on_load_checkpoint(ckpt)
+    before, after = module.memory_tensors(), restored.memory_tensors()
+    assert before.keys() == after.keys() == {"visible", "infrared"}
+    for name in before:  # as saved, not re-normalised
+        assert torch.equal(before[name], after[name]), name
+    assert restored.routing == {"visible": "infrared", "infrared": "infrared"}
+    kept = restored.prototypes
+    assert kept.cameras.keys() == {("visible", 2), ("infrared", 10)}
+    assert torch.equal(kept.cameras[("infrared", 10)], trained["infrared"])
+    assert torch.equal(kept.modalities["visible"], trained["visible"])
+    assert not any(k.startswith(("_memories", "_prototypes")) for k in module.state_dict())
+
+
+class _StartPhase(L.Callback):
+    """Play the re-clustering callback's part: start every phase on the module."""
+
+    def __init__(self, trains: bool) -> None:
+        self.trains = trains
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        pl_module.begin_phase(0, trains=self.trains)
+
+
+def test_a_skipped_phase_runs_its_steps_without_reading_batches_or_training():
+    module = make_module(seed=14)  # no memories at all: the first phase was skipped
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(RuntimeError, match="re-clustering callback configured"):
+        quiet_trainer(callbacks=[_StartPhase(trains=True)]).fit(module, range(3))
+    trainer = quiet_trainer(callbacks=[_StartPhase(trains=False)], limit_train_batches=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "training_step returned None"
+        trainer.fit(module, range(3))  # step indices: nothing to look at
+    assert trainer.current_epoch == 1 and trainer.fit_loop.epoch_loop.batch_idx == 2
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class _SetGurEpochMidPhase(_RecordLR):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == 0:
+            pl_module.gur_epoch = 2
+
+
+def test_the_lr_is_written_at_the_phase_start_only():
+    # Setting the GUR epoch mid-phase records it; the optimiser's lr changes at the next phase.
+    module = make_module(seed=15, lr=1e-3, lr_step_size=2, lr_gamma=0.1)
+    _set_default_memories(module)
+    record = _SetGurEpochMidPhase()
+    quiet_trainer(max_epochs=2, limit_train_batches=2, callbacks=[record]).fit(
+        module, _loader(2, 0)
+    )
+    assert record.lrs == [
+        (0, pytest.approx(1e-3)),
+        (0, pytest.approx(1e-3)),
+        (1, pytest.approx(1e-4)),
+        (1, pytest.approx(1e-4)),
+    ]

@@ -46,9 +46,6 @@ log = get_logger(__name__)
 #: the ``data.augment`` schema, so that the two cannot drift apart.
 _AUGMENT_KEYS = frozenset(f.name for f in dataclasses.fields(AugmentConfig))
 
-#: Batch key of the placeholder batches of a skipped phase.
-SKIP_KEY = "skipped_phase"
-
 #: Seconds a non-zero local rank waits for local rank 0 to generate the SynVI tree (large trees
 #: take minutes on two cores).
 PREPARE_TIMEOUT_S: float = 3600.0
@@ -543,7 +540,7 @@ class VIReIDDataModule(L.LightningDataModule):
             generator=generator,
         )
 
-    def train_dataloader(self) -> CombinedLoader:
+    def train_dataloader(self) -> CombinedLoader | range:
         """The phase's visible and infrared loaders, zipped: ``batch = {"visible", "infrared"}``.
 
         Lightning calls it on every rank at the start of every epoch (= phase). It also re-seeds
@@ -553,15 +550,17 @@ class VIReIDDataModule(L.LightningDataModule):
         uninterrupted one) and be identical on every DDP rank (``seed_everything`` gives every
         rank the same state).
 
+        In a skipped phase (:meth:`skip_phase`) it is ``range(num_batches)``: the step indices,
+        no images. Not an empty loader, because Lightning ends the whole fit on an epoch without
+        batches; the re-clustering callback tells the module that the phase is skipped, so its
+        steps return no loss, change no weight, and the schedule goes on.
+
         Raises:
             RuntimeError: If no pseudo-labels were ever installed (no re-clustering callback).
         """
         if self._labelled is None:
             if self._skipped:
-                # Placeholder batches, not an empty loader: Lightning ends the whole fit on an
-                # epoch without batches. GURLitModule.training_step returns None for them, so
-                # the phase takes no optimiser step and the schedule goes on.
-                return CombinedLoader({SKIP_KEY: range(self._num_batches)}, mode="min_size")
+                return range(self._num_batches)
             raise RuntimeError(
                 "VIReIDDataModule has no pseudo-labels: is the Reclustering callback configured?"
             )
@@ -576,16 +575,12 @@ class VIReIDDataModule(L.LightningDataModule):
         """Install a skipped phase (the callback found no usable clustering).
 
         Args:
-            num_batches: Length of the phase; its batches are placeholders without images.
+            num_batches: Length of the phase; :meth:`train_dataloader` then yields its step
+                indices ``0 .. num_batches - 1`` instead of images.
         """
         self._labelled = None
         self._num_batches = max(1, num_batches)
         self._skipped = True
-
-    @property
-    def phase_skipped(self) -> bool:
-        """True while the installed phase is a skipped one."""
-        return self._skipped
 
     def state_dict(self) -> dict:
         """Nothing to save: the re-clustering callback checkpoints and re-installs the labels."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-Modality = Literal["visible", "infrared"]
-MODALITIES: tuple[Modality, Modality] = ("visible", "infrared")
+# The modality vocabulary is shared with the models and the clustering policy; re-exported here
+# for the readers, samplers and evaluation.
+from gur_lightning.modalities import MODALITIES, MODALITY_INDEX, Modality
+
+__all__ = ["MODALITIES", "MODALITY_INDEX", "Modality", "Sample"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,3 @@ class Sample:
                 f"Sample {self.path!r}: modality must be one of {MODALITIES}, "
                 f"got {self.modality!r}"
             )
-
-
-#: Integer code of each modality in tensors and batches (visible 0, infrared 1).
-MODALITY_INDEX: dict[str, int] = {"visible": 0, "infrared": 1}

@@ -1,11 +1,12 @@
 """Cluster-centroid memory with the official momentum rule (docs/method.md §6.1, §7.4, §17.13-14).
 
 The memory is a plain fp32 tensor of L2-normalised rows, not a parameter and not a registered
-module: it never enters the optimizer or a checkpoint, is rebuilt after every clustering
-(docs/method.md §7.4), and can be swapped without changing the module tree that DDP wraps
-(docs/architecture.md §10.8). Logits are taken against the memory as it stands; the update is a
-separate call made after the optimizer step (docs/architecture.md §10.9, §11.5.4), so every stream
-of a batch sees the pre-update memory (docs/method.md §17.13).
+module: it never enters the optimizer or the state dict (``GURLitModule`` writes it to its own
+checkpoint entry), is rebuilt after every clustering (docs/method.md §7.4), and can be swapped
+without changing the module tree that DDP wraps (docs/architecture.md §10.8). Logits are taken
+against the memory as it stands; the update is a separate call made after the optimizer step
+(docs/architecture.md §10.9, §11.5.4), so every stream of a batch sees the pre-update memory
+(docs/method.md §17.13).
 """
 
 from __future__ import annotations

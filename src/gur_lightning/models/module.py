@@ -1,9 +1,11 @@
 """``GURLitModule``: ADC training against cluster memories, feature extraction (docs/method.md §6).
 
 Division of labour (docs/architecture.md §11.4): the re-clustering callback decides *when* to
-re-cluster and installs the new memories with :meth:`GURLitModule.set_memories`; this module
-owns the memories, the loss and the DDP-consistent memory update; the DataModule owns the
-loaders. The step:
+re-cluster, installs the new memories with :meth:`GURLitModule.set_memories` and starts every
+phase with :meth:`GURLitModule.begin_phase`; this module owns all memory state (the memories
+and their routing during a phase, the trained memories kept as CAE prototypes across phases,
+both checkpointed here), the learning rate, the loss and the DDP-consistent memory update; the
+DataModule owns the loaders. The step:
 
 1. ``training_step``: both visible views and the infrared batch through the backbone in one call
    (docs/method.md §6.2), InfoNCE of each stream against its routed memory, weighted sum. The
@@ -28,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gur_lightning.data.datamodule import SKIP_KEY
-from gur_lightning.data.samples import MODALITIES, MODALITY_INDEX
+from gur_lightning.clustering.policy import Prototypes
+from gur_lightning.modalities import MODALITIES, MODALITY_INDEX
 from gur_lightning.models.losses import adc_loss, duplicate_views
 from gur_lightning.models.memory import MEMORY_MOMENTUM, TEMPERATURE, ClusterMemory, UpdateMode
 from gur_lightning.models.options import LOSS_WEIGHT, LR, UPDATE_MODE, WEIGHT_DECAY
 from gur_lightning.schedule import LR_GAMMA, LR_STEP_SIZE
-from gur_lightning.utils.distributed import gather_tensors
+from gur_lightning.utils.distributed import average_buffers, broadcast_buffers, gather_tensors
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -50,6 +52,8 @@ class NonFiniteLossError(FloatingPointError):
 _CKPT_GUR_EPOCH: str = "gur_epoch"
 #: Checkpoint key of the backbone's DataParallel replica count R (``model.bn_replicas``).
 _CKPT_BN_REPLICAS: str = "bn_replicas"
+#: Checkpoint key of the memory state: the installed memories, their routing and the prototypes.
+_CKPT_MEMORIES: str = "cluster_memories"
 #: Labels travel as an fp32 column in the packed all-gather; fp32 holds integers exactly
 #: below 2**24, far above any cluster count.
 _MAX_PACKED_LABEL: int = 2**24
@@ -76,9 +80,9 @@ class GURLitModule(L.LightningModule):
             format (faster convolutions on recent CPUs and GPUs).
 
     Attributes:
-        gur_epoch: The GUR epoch that drives the learning-rate schedule; the schedule callback
-            sets it before each phase (a Lightning epoch is one phase). Defaults to
-            ``current_epoch`` until set.
+        gur_epoch: The GUR epoch that drives the learning-rate schedule; the re-clustering
+            callback sets it at the start of each phase (:meth:`begin_phase`; a Lightning epoch
+            is one phase). Defaults to ``current_epoch`` until set.
     """
 
     def __init__(
@@ -112,13 +116,16 @@ class GURLitModule(L.LightningModule):
         self.backbone = backbone
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        # Phase-local state: plain attributes, not buffers or submodules, so nothing is added to
-        # the module tree after the trainer wraps it and nothing lands in checkpoints
-        # (docs/architecture.md §10.8, docs/method.md §18.2).
+        # Memory state: plain attributes, not buffers or submodules, so nothing is added to the
+        # module tree after the trainer wraps it and nothing lands in the state dict
+        # (docs/architecture.md §10.8); on_save_checkpoint stores it beside the weights.
         self._memories: dict[str, ClusterMemory] = {}
         self._routing: dict[str, str] = {}
+        self._prototypes = Prototypes()
         self._pending: list[tuple[str, Tensor, Tensor]] = []
         self._gur_epoch: int | None = None
+        # False for a phase the re-clustering skipped: its steps train nothing.
+        self._phase_trains = True
 
     @property
     def feature_dim(self) -> int:
@@ -207,15 +214,35 @@ class GURLitModule(L.LightningModule):
         return dict(self._routing)
 
     def memory_tensors(self) -> dict[str, Tensor]:
-        """Copies of the current (trained) memory rows, ``name -> (K, D)`` fp32 unit rows.
-
-        The callback reads them as CAE prototypes (docs/method.md §8, §17.7).
-        """
+        """Copies of the current (trained) memory rows, ``name -> (K, D)`` fp32 unit rows."""
         return {
             name: memory.features.clone()
             for name, memory in self._memories.items()
             if memory.features is not None
         }
+
+    @property
+    def prototypes(self) -> Prototypes:
+        """The trained memories kept across phases as CAE prototypes (docs/method.md §8, §17.7).
+
+        Rows are fp32 on the CPU, where the clustering features are.
+        """
+        return self._prototypes
+
+    def keep_prototypes(self, prototypes: Prototypes) -> None:
+        """Replace the kept prototypes (the callback passes ``prototypes_after(...)``).
+
+        Args:
+            prototypes: The new prototypes; their rows are stored as detached fp32 CPU copies.
+        """
+
+        def cpu(rows: Tensor) -> Tensor:
+            return rows.detach().float().cpu().clone()
+
+        self._prototypes = Prototypes(
+            cameras={key: cpu(rows) for key, rows in prototypes.cameras.items()},
+            modalities={key: cpu(rows) for key, rows in prototypes.modalities.items()},
+        )
 
     # ------------------------------------------------------------------ schedule
 
@@ -226,10 +253,25 @@ class GURLitModule(L.LightningModule):
 
     @gur_epoch.setter
     def gur_epoch(self, value: int) -> None:
+        # Only recorded: the learning rate is written once per phase, in on_train_epoch_start.
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"gur_epoch must be a non-negative int, got {value!r}")
         self._gur_epoch = value
-        self._apply_lr_schedule()
+
+    def begin_phase(self, gur_epoch: int, *, trains: bool) -> None:
+        """Start a phase: its GUR epoch and whether it trains (the re-clustering callback).
+
+        Called from the callback's ``on_train_epoch_start``, which Lightning runs before this
+        module's own: :meth:`on_train_epoch_start` then derives the learning rate.
+
+        Args:
+            gur_epoch: The GUR epoch of the phase (drives the learning rate).
+            trains: False when the phase was skipped (no usable clustering): every step of the
+                phase then returns without a loss and without looking at the batch, so no
+                gradient exists and no weight changes (Lightning still counts the steps).
+        """
+        self.gur_epoch = gur_epoch
+        self._phase_trains = trains
 
     def lr_at(self, gur_epoch: int) -> float:
         """StepLR at a GUR epoch: ``lr · gamma^(gur_epoch // step_size)`` (docs/method.md §12)."""
@@ -237,7 +279,11 @@ class GURLitModule(L.LightningModule):
         return float(hp["lr"] * hp["lr_gamma"] ** (gur_epoch // hp["lr_step_size"]))
 
     def _apply_lr_schedule(self) -> None:
-        """Set every param group's lr from ``gur_epoch`` (derived, so a resume is exact)."""
+        """Set every param group's lr from ``gur_epoch`` (derived, so a resume is exact).
+
+        The only writer of the optimiser's learning rate, called once per phase from
+        :meth:`on_train_epoch_start` (Adam is created with the same value).
+        """
         trainer = self._trainer
         if trainer is None:
             return
@@ -259,13 +305,39 @@ class GURLitModule(L.LightningModule):
         )
 
     def on_train_epoch_start(self) -> None:
-        """Derive this phase's learning rate from the GUR epoch."""
+        """Check the phase can train, put the memories on this device, derive the lr.
+
+        Raises:
+            RuntimeError: When a phase that trains starts without memories (no re-clustering
+                callback installed any).
+        """
+        if self._phase_trains and not self._memories:
+            raise RuntimeError(
+                "GURLitModule: no cluster memories are set at the start of training. "
+                "set_memories(...) must run before fit reaches training: is the re-clustering "
+                "callback configured?"
+            )
+        for memory in self._memories.values():
+            memory.to(self.device)
         self._apply_lr_schedule()
 
     @property
     def bn_replicas(self) -> int:
         """R, the DataParallel replicas whose BatchNorm the backbone reproduces (1: plain BN)."""
         return int(getattr(self.backbone, "bn_replicas", 1))
+
+    def sync_buffers(self) -> None:
+        """Make the BatchNorm buffers equal on every rank before features are extracted.
+
+        Without SyncBatchNorm each rank tracked BN statistics on its own batches: they are
+        averaged. With DataParallel-exact BatchNorm (R > 1) the statistics are virtual replica
+        0's, on rank 0: they are broadcast (docs/architecture.md §11.5.5). No-op with one
+        process. Called on every rank at every phase end by the re-clustering callback.
+        """
+        if self.bn_replicas > 1:
+            broadcast_buffers(self)
+        else:
+            average_buffers(self)
 
     def setup(self, stage: str) -> None:
         """Give this process its share of the backbone's virtual DataParallel replicas.
@@ -278,12 +350,33 @@ class GURLitModule(L.LightningModule):
             set_processes(self.trainer.world_size)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the GUR epoch (a resumed run derives the same learning rate) and R."""
+        """Store the GUR epoch, R and the memory state (tensors and plain data only).
+
+        The memory state is what a run resumed from a phase-end checkpoint cannot recompute:
+        the memories installed for the next phase, their routing and the prototypes
+        (``cluster_memories``: ``memories`` name -> (K, D) rows, ``routing``,
+        ``camera_prototypes`` ``"<modality>/<camera>"`` -> (K, D), ``modality_prototypes``).
+        """
         checkpoint[_CKPT_GUR_EPOCH] = self._gur_epoch
         checkpoint[_CKPT_BN_REPLICAS] = self.bn_replicas
+        checkpoint[_CKPT_MEMORIES] = {
+            "memories": {
+                name: memory.features.detach().cpu().clone()
+                for name, memory in self._memories.items()
+                if memory.features is not None
+            },
+            "routing": dict(self._routing),
+            "camera_prototypes": {
+                f"{m}/{camera}": rows.clone()
+                for (m, camera), rows in self._prototypes.cameras.items()
+            },
+            "modality_prototypes": {
+                m: rows.clone() for m, rows in self._prototypes.modalities.items()
+            },
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the GUR epoch (the optimizer's lr is re-derived at the next epoch start).
+        """Restore the GUR epoch and the memory state (the lr is re-derived at the next phase).
 
         Raises:
             ValueError: When the checkpoint was trained with another ``model.bn_replicas``:
@@ -297,22 +390,38 @@ class GURLitModule(L.LightningModule):
                 "(or start a new run)"
             )
         self._gur_epoch = checkpoint.get(_CKPT_GUR_EPOCH)
+        state = checkpoint.get(_CKPT_MEMORIES)
+        if state is not None:  # absent from older checkpoints, which Reclustering refuses
+            self._load_memory_state(state)
+
+    def _load_memory_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`on_save_checkpoint` stored, bit for bit.
+
+        The rows are taken as saved, not re-normalised by ``ClusterMemory.reset``: the resumed
+        memories equal the uninterrupted run's exactly. They stay on the CPU until
+        :meth:`on_train_epoch_start` moves them to the module's device.
+        """
+        memories: dict[str, ClusterMemory] = {}
+        for name, rows in state["memories"].items():
+            memory = ClusterMemory(
+                temperature=self.hparams["temperature"],
+                momentum=self.hparams["memory_momentum"],
+                update_mode=self.hparams["memory_update"],
+            )
+            memory.features = rows.float().contiguous()
+            memories[name] = memory
+        self._memories = memories
+        self._routing = dict(state["routing"])
+        self._pending = []
+        self._prototypes = Prototypes(
+            cameras={
+                (key.split("/")[0], int(key.split("/")[1])): rows
+                for key, rows in state["camera_prototypes"].items()
+            },
+            modalities=dict(state["modality_prototypes"]),
+        )
 
     # ------------------------------------------------------------------ training
-
-    def on_train_start(self) -> None:
-        """Fail loudly when nothing installed memories, and put them on this device."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        if not self._memories and getattr(datamodule, "phase_skipped", False):
-            return  # the first phase found no usable clustering: it trains nothing
-        if not self._memories:
-            raise RuntimeError(
-                "GURLitModule: no cluster memories are set at the start of training. "
-                "set_memories(...) must run before fit reaches training: is the re-clustering "
-                "callback configured?"
-            )
-        for memory in self._memories.values():
-            memory.to(self.device)
 
     def forward(
         self, x_visible: Tensor | None = None, x_infrared: Tensor | None = None
@@ -326,23 +435,22 @@ class GURLitModule(L.LightningModule):
             x.contiguous(memory_format=torch.channels_last) if self.hparams["channels_last"] else x
         )
 
-    def training_step(
-        self, batch: Mapping[str, Mapping[str, Tensor]], batch_idx: int
-    ) -> Tensor | None:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         """One ADC step (docs/method.md §6.2).
 
         Args:
             batch: ``{"visible": {"img": (B,3,H,W), "img2": (B,3,H,W), "label": (B,)},
                 "infrared": {"img": (B',3,H,W), "label": (B',)}}`` (other keys ignored). Without
-                ``img2`` the visible stream has one view; a modality may be absent.
+                ``img2`` the visible stream has one view; a modality may be absent. In a skipped
+                phase it is whatever the loader yields (a step index) and is not read.
             batch_idx: Index of the batch in the phase.
 
         Returns:
-            The weighted loss, or None for the placeholder batches of a skipped phase (the
-            re-clustering found nothing usable): Lightning then takes no optimiser step.
+            The weighted loss, or None in a phase the re-clustering skipped
+            (:meth:`begin_phase`): no gradient, so the optimiser changes no weight.
         """
         self._pending = []
-        if SKIP_KEY in batch:
+        if not self._phase_trains:
             return None
         if not self._memories:
             raise RuntimeError("GURLitModule.training_step: no memories set (see set_memories)")
