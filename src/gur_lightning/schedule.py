@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gur_lightning.clustering.options import DEFAULT_CMLU_TOPK
-
+#: Neighbours of both CMLU steps on SYSU-MM01 (RegDB: 10; docs/method.md §9, §18.3): the
+#: schedule's ``cmlu.topk`` and the default of the pseudo-label functions that take it
+#: (:mod:`gur_lightning.clustering.options` refers to it).
+CMLU_TOPK = 20
 #: StepLR of the reference: the learning rate decays every 20 GUR epochs by 0.1 (docs/method.md
 #: §12); :class:`~gur_lightning.models.module.GURLitModule` takes its defaults from here too.
 LR_STEP_SIZE = 20
@@ -89,14 +91,13 @@ class CMLUConfig:
         enabled: Use CMLU at all (``method=adca`` and ``method=supervised`` switch it off).
         start_epoch: Label propagation infrared -> visible from this GUR epoch (30 SYSU, 20 RegDB).
         smooth_start_epoch: Homogeneous smoothing from this epoch (40 SYSU, 20 RegDB).
-        topk: Neighbours of the heterogeneous and homogeneous affinities (20 SYSU, 10 RegDB;
-            the pseudo-label library's default, :mod:`gur_lightning.clustering.options`).
+        topk: Neighbours of the heterogeneous and homogeneous affinities (20 SYSU, 10 RegDB).
     """
 
     enabled: bool = True
     start_epoch: int = 30
     smooth_start_epoch: int = 40
-    topk: int = DEFAULT_CMLU_TOPK
+    topk: int = CMLU_TOPK
 
 
 @dataclass

@@ -6,15 +6,17 @@ options) from the caller through :func:`~gur_lightning.clustering.dbscan.dbscan_
 :func:`~gur_lightning.clustering.knn.exact_knn`. Every default is a constant here; the config
 schema (``cluster`` group), the re-clustering callback and the benchmarks take theirs from these
 constants. The remaining defaults of a re-clustering (the DBSCAN radii, the CAE temperature, the
-CMLU neighbourhood) are constants here too, for the same reason: the schema (``cluster`` group,
-``schedule.cmlu.topk``), the callback and the functions that use them (:mod:`.cae`, :mod:`.cmlu`)
-all refer to them. Values are checked where they are used, with errors naming the option.
+CMLU neighbourhood, which is the schedule's) are named here too, for the same reason: the schema,
+the stage policy's options and the functions that use them (:mod:`.cae`, :mod:`.cmlu`) all refer
+to them. Values are checked where they are used, with errors naming the option.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from gur_lightning.schedule import CMLU_TOPK
 
 if TYPE_CHECKING:
     import torch
@@ -39,8 +41,8 @@ DEFAULT_EPS_INTRA_CAMERA = 0.55
 """DBSCAN radius of the per-camera clustering of stage 1 (docs/method.md §7.3)."""
 DEFAULT_CAE_TEMPERATURE = 0.05
 """Softmax temperature τ of the CAE blocks (docs/method.md §8: the code multiplies by 20)."""
-DEFAULT_CMLU_TOPK = 20
-"""Top-k of both CMLU steps on SYSU-MM01 (10 on RegDB; docs/method.md §9, §18.3 ``cmlu_topk``)."""
+DEFAULT_CMLU_TOPK = CMLU_TOPK
+"""Top-k of both CMLU steps: the schedule's (``schedule.cmlu.topk``, the layer below)."""
 DEFAULT_KNN_BACKEND: KnnBackend = "auto"
 """The torch engine, or faiss-GPU on a machine whose faiss has GPUs (same neighbours)."""
 DEFAULT_KERNELS: KernelChoice = "auto"
