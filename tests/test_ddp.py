@@ -117,7 +117,7 @@ def test_ddp_trainer_configs_instantiate_their_strategy(tmp_path):
 
 def _synvi_module(root: Path) -> VIReIDDataModule:
     synvi = {"layout": "sysu", "seed": 0, "num_ids": 8, "preset": "easy"}
-    return VIReIDDataModule("sysu", str(root), synvi=synvi)
+    return VIReIDDataModule("sysu", str(root), seed=1, bn_replicas=1, synvi=synvi)
 
 
 def _write_marker(dm: VIReIDDataModule, digest: str | None = None) -> None:
@@ -153,7 +153,8 @@ def test_local_rank_comes_from_the_launcher_environment():
     assert launch_local_rank({}) == 0
     assert launch_local_rank({"LOCAL_RANK": "3"}) == 3
     assert launch_local_rank({"SLURM_LOCALID": "2"}) == 2
-    assert VIReIDDataModule("sysu", "/nonexistent").is_prepared()  # real data: nothing to make
+    real = VIReIDDataModule("sysu", "/nonexistent", seed=1, bn_replicas=1)
+    assert real.is_prepared()  # real data: nothing to make
 
 
 # --------------------------------------------------------------------------- 2-process run

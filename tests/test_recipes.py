@@ -112,6 +112,7 @@ def _labelled(num_ids: int, per_id: int = 4, modality: str = "infrared") -> Labe
 
 
 def _dm(**kwargs) -> VIReIDDataModule:
+    kwargs = {"seed": 1, "bn_replicas": 1, **kwargs}
     return VIReIDDataModule("sysu", "/nowhere", num_instances=2, **kwargs)
 
 

@@ -8,19 +8,32 @@ override with ``force_add``, past the schema's struct mode, so :func:`validate_c
 re-checks the composed config against its schema (:func:`check_schema`): ``+cluster.esp=0.5``
 fails there, naming the key. Value ranges (eps must be positive, K must divide the batch...) are
 checked right after, before anything is built.
+
+Every default is defined once (docs/architecture.md §11.2): a setting that a library constructor
+also takes has its default in that library's torch-free options module
+(:mod:`gur_lightning.data.options`, :mod:`gur_lightning.models.options`,
+:mod:`gur_lightning.clustering.options`, the schedule's and SynVI's constants), and the field
+below refers to it; a setting only a run has (the schedule's budget, the evaluation, the
+callbacks' options) has its default here, and its constructor takes it without a default. The
+YAML files under ``conf/`` hold only what differs from these defaults, and
+:func:`constructor_kwargs` hands a node to the object it configures, field by field by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from gur_lightning.clustering.options import (
+    DEFAULT_CAE_TEMPERATURE,
+    DEFAULT_EPS,
+    DEFAULT_EPS_INTRA_CAMERA,
     DEFAULT_K1,
     DEFAULT_K2,
     DEFAULT_KERNELS,
@@ -29,7 +42,9 @@ from gur_lightning.clustering.options import (
     KERNEL_CHOICES,
     KNN_BACKENDS,
 )
+from gur_lightning.data import options as data_defaults
 from gur_lightning.data.readers import DATASET_NAMES
+from gur_lightning.models import options as model_defaults
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
 from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED
 
@@ -85,12 +100,12 @@ class AugmentConfig:
         intensity_remap_knots: Linear pieces of that curve.
     """
 
-    pad: int = 10
-    flip_p: float = 0.5
-    erasing_p: float = 0.5
-    adap_gray_p: float = 0.5
-    intensity_remap_p: float = 0.0
-    intensity_remap_knots: int = 4
+    pad: int = data_defaults.PAD
+    flip_p: float = data_defaults.FLIP_P
+    erasing_p: float = data_defaults.ERASING_P
+    adap_gray_p: float = data_defaults.ADAP_GRAY_P
+    intensity_remap_p: float = data_defaults.INTENSITY_REMAP_P
+    intensity_remap_knots: int = data_defaults.INTENSITY_REMAP_KNOTS
 
 
 @dataclass
@@ -123,18 +138,18 @@ class DataConfig:
 
     name: str = DEFAULT_DATASET
     root: str = MISSING
-    trial: int = 1
+    trial: int = data_defaults.TRIAL
     holdout_val: bool = False
     synvi: SynVITreeConfig | None = None
-    height: int = 288
-    width: int = 144
-    num_instances: int = 16
-    visible_batch_size: int = 128
-    infrared_batch_size: int = 256
-    num_workers: int = 4
-    eval_batch_size: int = 64
-    shrink_batch: bool = True
-    min_identities: int = 2
+    height: int = data_defaults.HEIGHT
+    width: int = data_defaults.WIDTH
+    num_instances: int = data_defaults.NUM_INSTANCES
+    visible_batch_size: int = data_defaults.VISIBLE_BATCH_SIZE
+    infrared_batch_size: int = data_defaults.INFRARED_BATCH_SIZE
+    num_workers: int = data_defaults.NUM_WORKERS
+    eval_batch_size: int = data_defaults.EVAL_BATCH_SIZE
+    shrink_batch: bool = data_defaults.SHRINK_BATCH
+    min_identities: int = data_defaults.MIN_IDENTITIES
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     check: bool = True
 
@@ -152,10 +167,10 @@ class BackboneConfig:
         non_local: AGW non-local blocks (off in the reference).
     """
 
-    depth: int = 50
+    depth: int = model_defaults.DEPTH
     pretrained: str | None = None
-    last_stride: int = 1
-    gem_p: float = 3.0
+    last_stride: int = model_defaults.LAST_STRIDE
+    gem_p: float = model_defaults.GEM_P
     non_local: bool = False
 
 
@@ -169,9 +184,9 @@ class MemoryConfig:
         update_mode: ``mean`` (every sample, in order) or ``hard`` (hardest positive per cluster).
     """
 
-    temperature: float = 0.05
-    momentum: float = 0.1
-    update_mode: str = "mean"
+    temperature: float = model_defaults.TEMPERATURE
+    momentum: float = model_defaults.MEMORY_MOMENTUM
+    update_mode: str = model_defaults.UPDATE_MODE
 
 
 @dataclass
@@ -195,44 +210,47 @@ class ModelConfig:
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    loss_weight_visible: float = 1.0
-    loss_weight_infrared: float = 1.0
+    lr: float = model_defaults.LR
+    weight_decay: float = model_defaults.WEIGHT_DECAY
+    loss_weight_visible: float = model_defaults.LOSS_WEIGHT
+    loss_weight_infrared: float = model_defaults.LOSS_WEIGHT
     channels_last: bool = False
-    bn_replicas: int = 1
+    bn_replicas: int = model_defaults.BN_REPLICAS
 
 
 @dataclass
 class ClusterConfig:
     """Pseudo-labelling (docs/method.md §7-9; Hydra group ``cluster``).
 
+    The defaults are the pseudo-label library's (:mod:`gur_lightning.clustering.options`: the
+    reference's SYSU-MM01 values).
+
     Attributes:
         eps: DBSCAN radius of the per-modality clustering of stage 2 (0.6 SYSU, 0.3 RegDB).
         eps_intra_camera: Radius of the per-camera clustering of stage 1 (0.55).
-        eps_inter_modality: Radius of the joint clustering of stage 3 (defaults to ``eps``).
+        eps_inter_modality: Radius of the joint clustering of stage 3. Defaults to ``eps``
+            (the reference uses one radius for both): an interpolation of the sibling key,
+            resolved when the config is read, so ``cluster.eps=0.45`` moves both and the
+            recorded config shows the radius that ran.
         min_samples: DBSCAN core-point size, the point included.
         k1: k-reciprocal neighbourhood size.
         k2: Query-expansion neighbourhood size.
         knn_backend: ``auto``, ``torch`` or ``faiss``.
         kernels: ``auto``, ``numba`` or ``numpy``: compiled or numpy pseudo-label kernels.
-
-    The defaults of ``min_samples`` .. ``kernels`` are the pseudo-label library's
-    (:mod:`gur_lightning.clustering.options`; the reference's 4, 30, 6).
         cae_temperature: Softmax temperature of cross-memory association embeddings (0.05).
         cae_legacy_slicing: Reproduce the reference's camera-CAE slicing bug (§17.1).
         oracle: Ground-truth labels instead of clustering (the supervised upper bound only).
     """
 
-    eps: float = 0.6
-    eps_intra_camera: float = 0.55
-    eps_inter_modality: float = 0.6
+    eps: float = DEFAULT_EPS
+    eps_intra_camera: float = DEFAULT_EPS_INTRA_CAMERA
+    eps_inter_modality: float = II(".eps")
     min_samples: int = DEFAULT_MIN_SAMPLES
     k1: int = DEFAULT_K1
     k2: int = DEFAULT_K2
     knn_backend: str = DEFAULT_KNN_BACKEND
     kernels: str = DEFAULT_KERNELS
-    cae_temperature: float = 0.05
+    cae_temperature: float = DEFAULT_CAE_TEMPERATURE
     cae_legacy_slicing: bool = False
     oracle: bool = False
 
@@ -242,7 +260,9 @@ class EvalConfig:
     """When and how to evaluate.
 
     Attributes:
-        val_every_n_epochs: Validation (never on the test set) every N GUR epochs; 0 disables.
+        val_every_n_epochs: Validation (never on the test set) every N GUR epochs; 0 disables
+            it. The reference picked its "best" checkpoint by test mAP (docs/method.md §17.12);
+            we report the last epoch, and a validation only ever scores held-out identities.
         test_after_fit: Run the data set's full test protocol on the last-epoch weights.
         max_trials: Use only the first N gallery trials (None: all, as published tables).
         within_modality: Also report the within-modality diagnostic (visible -> visible and
@@ -267,6 +287,55 @@ class EvalConfig:
     select_on_test: bool = False
     select_on_test_from_epoch: int = 6
     min_trained_share: float = 0.5
+
+
+@dataclass
+class PicturesConfig:
+    """Dashboard pictures, :mod:`gur_lightning.callbacks.pictures` (key ``callbacks.pictures``).
+
+    Attributes:
+        enabled: Draw the pseudo-label quality curves after every GUR epoch and, when
+            ``eval.test_after_fit`` is on, the ranking lists of a few test queries after fit.
+        num_queries: Queries drawn per test protocol (first gallery trial).
+        topk: Gallery items shown per query.
+    """
+
+    enabled: bool = True
+    num_queries: int = 4
+    topk: int = 10
+
+
+@dataclass
+class CallbacksConfig:
+    """The run's own Lightning callbacks (Hydra group ``callbacks``; docs/architecture.md §11.3).
+
+    :func:`gur_lightning.train.build_callbacks` builds them in this order, after any callbacks
+    handed to ``train`` (each hook runs them in list order):
+
+    1. ``graceful_stop``: SIGTERM / SIGINT stop the run at the next batch end, resumable.
+    2. The re-clustering callback (always: it is the method; the ``cluster`` group sets it).
+    3. ``last_checkpoint``: ``checkpoints/last.ckpt`` at every phase end, the resume points.
+    4. With ``trainer.strategy.start_method=spawn`` (``trainer=ddp_cpu``): the spawned
+       workers' logging and process-group teardown (not optional: the run needs them).
+    5. With ``trainer.enable_progress_bar``: the progress bar that names the phase.
+    6. With ``eval.val_every_n_epochs > 0``: validation on held-out identities.
+    7. With ``eval.select_on_test`` (``recipe=official``): the reference's test-set selection.
+    8. ``pictures``: the cluster-quality curves, then the ranking lists.
+
+    ``trainer.fast_dev_run`` turns ``last_checkpoint`` and ``pictures`` off.
+
+    Attributes:
+        graceful_stop: Handle SIGTERM / SIGINT
+            (:class:`~gur_lightning.callbacks.signals.GracefulStop`); off, a signal ends the run
+            as Lightning's own handling does.
+        last_checkpoint: Write ``checkpoints/last.ckpt`` at every phase end; off, the run
+            cannot be resumed (and Lightning writes no checkpoint of its own either).
+        pictures: The picture callbacks.
+    """
+
+    graceful_stop: bool = True
+    last_checkpoint: bool = True
+    pictures: PicturesConfig = field(default_factory=PicturesConfig)
 
 
 @dataclass
@@ -300,6 +369,7 @@ class TrainConfig:
         logger: Logger node with ``_target_`` (or None).
         paths: Output locations.
         eval: Evaluation settings.
+        callbacks: Which of the run's own callbacks exist, and their options.
         task_name: Name of the run folder family.
         experiment: Name of the experiment preset that was applied.
         method: The method that was trained, set by the ``method`` group (``gur``, ``adca``:
@@ -307,8 +377,8 @@ class TrainConfig:
             names are derived from it (``${method}_sysu``...).
         recipe: The training regime that was applied (``official``: what the published
             numbers were trained with; ``fixed``: our corrections; docs/recipes.md).
-        seed: Global seed.
-        ckpt_path: Checkpoint to resume from.
+        seed: Global seed (also of every training draw, with the phase index and the rank).
+        ckpt_path: Checkpoint to resume from: an earlier run's ``checkpoints/last.ckpt``.
         tags: Free-form tags for the logger.
     """
 
@@ -320,6 +390,7 @@ class TrainConfig:
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     task_name: str = "train"
     experiment: str = "none"
     method: str = "gur"
@@ -350,6 +421,53 @@ EVALUATE_ONLY_KEYS: dict[str, str] = {
     ),
     "features": "evaluating features is python -m gur_lightning.evaluate features=...",
 }
+
+
+def constructor_kwargs(
+    node: Any,
+    target: Callable[..., Any],
+    *,
+    rename: Mapping[str, str] | None = None,
+    exclude: Collection[str] = (),
+) -> dict[str, Any]:
+    """Keyword arguments of ``target`` from a schema node: how a config part becomes an object.
+
+    The one mapping from the schema to the constructors (docs/architecture.md §11.3): every
+    field of ``node`` goes to the parameter of the same name (or the name ``rename`` gives it),
+    resolved, with nested nodes as plain dicts and lists. A field that ``target`` does not take
+    is an error, unless ``exclude`` names it (a field read elsewhere), so a field added to the
+    schema must be wired somewhere and a renamed parameter cannot silently drop a setting.
+    Parameters without a field keep the constructor's default (its library constant).
+
+    Args:
+        node: A schema node (``DictConfig``) or a mapping of field values.
+        target: The class or function to call.
+        rename: Field name -> parameter name, where they differ.
+        exclude: Fields not passed to ``target``.
+
+    Returns:
+        The keyword arguments, in the node's field order.
+
+    Raises:
+        TypeError: Naming the field and the callable when ``target`` has no such parameter.
+    """
+    rename = rename or {}
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    values = cast(Mapping[str, Any], node)
+    params = inspect.signature(target).parameters
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in exclude:
+            continue
+        name = rename.get(key, key)
+        if name not in params:
+            raise TypeError(
+                f"config field {key!r} has no parameter {name!r} in "
+                f"{getattr(target, '__qualname__', target)}: wire it (rename) or exclude it"
+            )
+        kwargs[name] = value
+    return kwargs
 
 
 def register_configs() -> None:
@@ -589,6 +707,10 @@ def validate_config(
     _validate_replicas(cfg)
     _check(cfg.method in METHODS, "method", cfg.method, f"one of {METHODS}")
     _check(cfg.recipe in RECIPES, "recipe", cfg.recipe, f"one of {RECIPES}")
+    pictures = cfg.callbacks.pictures
+    for key in ("num_queries", "topk"):
+        value = getattr(pictures, key)
+        _check(value >= 1, f"callbacks.pictures.{key}", value, "an integer >= 1")
     _check(
         cfg.eval.select_on_test_from_epoch >= 0,
         "eval.select_on_test_from_epoch",

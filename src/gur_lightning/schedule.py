@@ -18,6 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+#: Neighbours of both CMLU steps on SYSU-MM01 (RegDB: 10; docs/method.md §9, §18.3): the
+#: schedule's ``cmlu.topk`` and the default of the pseudo-label functions that take it
+#: (:mod:`gur_lightning.clustering.options` refers to it).
+CMLU_TOPK = 20
+#: StepLR of the reference: the learning rate decays every 20 GUR epochs by 0.1 (docs/method.md
+#: §12); :class:`~gur_lightning.models.module.GURLitModule` takes its defaults from here too.
+LR_STEP_SIZE = 20
+LR_GAMMA = 0.1
+
 StageName = Literal["intra_camera", "inter_camera", "inter_modality"]
 STAGES: tuple[StageName, ...] = ("intra_camera", "inter_camera", "inter_modality")
 
@@ -88,7 +97,7 @@ class CMLUConfig:
     enabled: bool = True
     start_epoch: int = 30
     smooth_start_epoch: int = 40
-    topk: int = 20
+    topk: int = CMLU_TOPK
 
 
 @dataclass
@@ -114,8 +123,8 @@ class ScheduleConfig:
     inter_camera: InterCameraConfig = field(default_factory=InterCameraConfig)
     inter_modality: InterModalityConfig = field(default_factory=InterModalityConfig)
     cmlu: CMLUConfig = field(default_factory=CMLUConfig)
-    lr_step_size: int = 20
-    lr_gamma: float = 0.1
+    lr_step_size: int = LR_STEP_SIZE
+    lr_gamma: float = LR_GAMMA
 
 
 @dataclass(frozen=True)

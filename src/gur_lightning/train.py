@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +45,7 @@ from gur_lightning.callbacks.validation import (
 )
 from gur_lightning.clustering.policy import ClusterOptions, ClusterPolicy, cluster_phase
 from gur_lightning.config import (
+    constructor_kwargs,
     evaluate_only_hint,
     named_device_count,
     register_configs,
@@ -78,6 +80,8 @@ from gur_lightning.utils.warnings import quiet_known_noise
 log = get_logger(__name__)
 #: The packaged Hydra configs (shipped in the wheel as package data).
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
+#: Sub-folder of the run folder holding last.ckpt and the selection callbacks' weights.
+CHECKPOINT_SUBDIR = "checkpoints"
 #: Start methods of Lightning's in-process launcher (no re-execution of the script).
 _INPROCESS_START_METHODS: tuple[str, ...] = ("spawn", "fork", "forkserver")
 #: Environment variables that say the processes were created by an external launcher
@@ -110,82 +114,63 @@ def plain_dict(node: Any, *, resolve: bool = True) -> dict[str, Any]:
 
 
 def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
-    """The DataModule from ``cfg.data`` (SynVI generated first when configured)."""
-    d = cfg.data
-    synvi = plain_dict(d.synvi) if d.synvi is not None else None
+    """The DataModule from ``cfg.data`` (SynVI generated first when configured).
+
+    Every ``data`` field goes to the parameter of its name (:func:`constructor_kwargs`) but
+    ``check``, which ``train`` runs itself; the seed and the replica count are the run's and the
+    model's.
+    """
     return VIReIDDataModule(
-        d.name,
-        d.root,
-        trial=d.trial,
-        holdout_val=d.holdout_val,
-        synvi=synvi,
-        height=d.height,
-        width=d.width,
-        num_instances=d.num_instances,
-        visible_batch_size=d.visible_batch_size,
-        infrared_batch_size=d.infrared_batch_size,
-        num_workers=d.num_workers,
-        eval_batch_size=d.eval_batch_size,
-        shrink_batch=d.shrink_batch,
-        min_identities=d.min_identities,
-        augment=plain_dict(d.augment),
+        **constructor_kwargs(cfg.data, VIReIDDataModule, exclude=("check",)),
         seed=cfg.seed,
         bn_replicas=cfg.model.bn_replicas,
     )
 
 
 def build_module(cfg: DictConfig):
-    """The GURLitModule with its two-stream backbone from ``cfg.model``."""
+    """The GURLitModule with its two-stream backbone from ``cfg.model`` and the LR schedule.
+
+    ``model.backbone`` and ``model.bn_replicas`` make the backbone; the other ``model`` fields go
+    to the module by name, ``model.memory``'s as ``temperature``, ``memory_momentum`` and
+    ``memory_update``; the learning-rate steps are the schedule's.
+    """
     from gur_lightning.models import DualStreamResNet, GURLitModule
 
     m = cfg.model
     backbone = DualStreamResNet(
-        depth=m.backbone.depth,
-        last_stride=m.backbone.last_stride,
-        gem_p=m.backbone.gem_p,
-        pretrained=m.backbone.pretrained,
-        non_local=m.backbone.non_local,
-        bn_replicas=m.bn_replicas,
+        **constructor_kwargs(m.backbone, DualStreamResNet), bn_replicas=m.bn_replicas
     )
     return GURLitModule(
         backbone,
-        lr=m.lr,
-        weight_decay=m.weight_decay,
+        **constructor_kwargs(m, GURLitModule, exclude=("backbone", "memory", "bn_replicas")),
+        **constructor_kwargs(m.memory, GURLitModule, rename=_MEMORY_PARAMETERS),
         lr_step_size=cfg.schedule.lr_step_size,
         lr_gamma=cfg.schedule.lr_gamma,
-        temperature=m.memory.temperature,
-        memory_momentum=m.memory.momentum,
-        memory_update=m.memory.update_mode,
-        loss_weight_visible=m.loss_weight_visible,
-        loss_weight_infrared=m.loss_weight_infrared,
-        channels_last=m.channels_last,
     )
+
+
+#: ``model.memory`` field -> ``GURLitModule`` parameter.
+_MEMORY_PARAMETERS: dict[str, str] = {
+    "momentum": "memory_momentum",
+    "update_mode": "memory_update",
+}
 
 
 def build_reclustering(
     cfg: DictConfig, phases: list[Phase], policy: ClusterPolicy = cluster_phase
 ) -> Reclustering:
-    """The re-clustering callback from ``cfg.cluster`` and the schedule's CMLU settings.
+    """The re-clustering callback: every ``cluster`` field into one frozen :class:`ClusterOptions`.
+
+    The ``cluster`` fields go to the options by name (:func:`constructor_kwargs`), with the
+    schedule's CMLU top-k.
 
     Args:
         cfg: The composed configuration.
         phases: The expanded schedule.
         policy: The stage policy (tests substitute their own; see :class:`Reclustering`).
     """
-    c = cfg.cluster
     options = ClusterOptions(
-        eps=c.eps,
-        eps_intra_camera=c.eps_intra_camera,
-        eps_inter_modality=c.eps_inter_modality,
-        min_samples=c.min_samples,
-        k1=c.k1,
-        k2=c.k2,
-        knn_backend=c.knn_backend,
-        kernels=c.kernels,
-        cae_temperature=c.cae_temperature,
-        cae_legacy_slicing=c.cae_legacy_slicing,
-        cmlu_topk=cfg.schedule.cmlu.topk,
-        oracle=c.oracle,
+        **constructor_kwargs(cfg.cluster, ClusterOptions), cmlu_topk=cfg.schedule.cmlu.topk
     )
     return Reclustering(phases, options, policy=policy, experiment=str(cfg.experiment))
 
@@ -205,12 +190,16 @@ def build_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
     Values are plain Lightning arguments, except ``strategy``, which may be a node with a
     ``_target_`` (``trainer=ddp``: a ``DDPStrategy`` with a ``datetime.timedelta`` timeout); it
-    is instantiated here.
+    is instantiated here. Without the run's own last checkpoint
+    (``callbacks.last_checkpoint=false``) Lightning's default checkpointing is off too, unless
+    the trainer config says otherwise.
     """
     kwargs = plain_dict(cfg.trainer)
     strategy = kwargs.get("strategy")
     if isinstance(strategy, dict) and "_target_" in strategy:
         kwargs["strategy"] = instantiate(_modern_ddp_kwargs(strategy))
+    if not cfg.callbacks.last_checkpoint:
+        kwargs.setdefault("enable_checkpointing", False)
     return kwargs
 
 
@@ -330,8 +319,9 @@ def fast_dev_run_config(cfg: DictConfig) -> DictConfig:
     Lightning's own ``fast_dev_run`` runs one epoch, but a GUR run is one Lightning epoch per
     phase, so the flag is translated instead: the phases of the first GUR epoch only (see
     :func:`fast_dev_run_phases`), ``fast_dev_run`` steps each (``true``: 1) after the real
-    clustering, no checkpoints, no logger, no validation or test-set selection, no pictures, and
-    an evaluation on the first gallery trial. ``metrics.json`` is still written.
+    clustering, no checkpoints (``callbacks.last_checkpoint``), no logger, no validation or
+    test-set selection, no pictures (``callbacks.pictures``), and an evaluation on the first
+    gallery trial. ``metrics.json`` is still written.
 
     Returns:
         A copy of ``cfg`` with those settings (``cfg`` itself when the flag is off).
@@ -347,6 +337,8 @@ def fast_dev_run_config(cfg: DictConfig) -> DictConfig:
     cfg.eval.max_trials = 1
     cfg.eval.val_every_n_epochs = 0
     cfg.eval.select_on_test = False
+    cfg.callbacks.last_checkpoint = False
+    cfg.callbacks.pictures.enabled = False
     log.info(
         "fast_dev_run: the first GUR epoch's phases, %d step(s) each, no checkpoint or logger",
         steps,
@@ -557,7 +549,7 @@ def _record_start(cfg: DictConfig, output_dir: Path, wandb_run_id: str | None) -
 def _record_success(output_dir: Path) -> None:
     """Write ``status.json`` = finished and name the checkpoint and the metrics."""
     metrics = output_dir / "metrics.json"
-    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    checkpoint = output_dir / CHECKPOINT_SUBDIR / "last.ckpt"
     update_status(
         output_dir,
         "finished",
@@ -583,7 +575,7 @@ def _interrupted(cfg: DictConfig, output_dir: Path, signum: int) -> RunInterrupt
     The checkpoint is this run's ``checkpoints/last.ckpt`` (the last phase end: nothing is saved
     mid-phase), else the checkpoint this run itself resumed from.
     """
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = output_dir / CHECKPOINT_SUBDIR / "last.ckpt"
     checkpoint = last if last.is_file() else (Path(cfg.ckpt_path) if cfg.ckpt_path else None)
     if checkpoint is not None:
         checkpoint = checkpoint.resolve()
@@ -655,6 +647,99 @@ def check_trained_share(
     return share
 
 
+@dataclass(frozen=True)
+class RunCallbacks:
+    """The run's Lightning callbacks, in order, and those whose state ``train`` reads after fit.
+
+    Attributes:
+        ordered: Every callback, in the order each hook runs them.
+        stopper: The signal handler (consulted after fit even when ``callbacks.graceful_stop``
+            is off and it is not among ``ordered``: then it never receives a signal).
+        validation: The validation callback, if ``eval.val_every_n_epochs > 0``.
+        selection: The test-set selection callback, if ``eval.select_on_test``.
+    """
+
+    ordered: tuple[Callback, ...]
+    stopper: GracefulStop
+    validation: PeriodicValidation | None = None
+    selection: TestSetSelection | None = None
+
+
+def build_callbacks(
+    cfg: DictConfig,
+    phases: list[Phase],
+    recluster: Reclustering,
+    stopper: GracefulStop,
+    *,
+    extra: Sequence[Callback] = (),
+) -> RunCallbacks:
+    """The run's callbacks from ``cfg.callbacks``, ``cfg.eval`` and the trainer settings.
+
+    The order (documented on :class:`gur_lightning.config.CallbacksConfig`) is what each hook
+    runs: ``extra`` first, the signal handler, the re-clustering, the last checkpoint (written
+    after the next phase is clustered, so a resume is exact), the spawned workers' helpers, the
+    phase progress bar, validation, test-set selection, the pictures.
+
+    Args:
+        cfg: The composed configuration (after :func:`fast_dev_run_config`).
+        phases: The expanded schedule.
+        recluster: The re-clustering callback (:func:`build_reclustering`).
+        stopper: The signal handler :func:`train` made (it restores the handlers afterwards).
+        extra: Callbacks handed to :func:`train` (diagnostics, tests); they run first.
+
+    Returns:
+        The callbacks, with the ones ``train`` reads after fit.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint_dir = output_dir / CHECKPOINT_SUBDIR
+    switches = cfg.callbacks
+    ordered: list[Callback] = list(extra)
+    if switches.graceful_stop:
+        ordered.append(stopper)
+    ordered.append(recluster)
+    if switches.last_checkpoint:
+        # last.ckpt, overwritten at every epoch end, i.e. at every phase end after the next
+        # phase is clustered: the points from which a resume is exact. (``save_last=True`` with
+        # ``save_top_k=0`` would only write it when fit ends.)
+        ordered.append(
+            ModelCheckpoint(
+                dirpath=str(checkpoint_dir),
+                filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                save_top_k=1,
+                monitor=None,
+                every_n_epochs=1,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
+        )
+    strategy_cfg = cfg.trainer.get("strategy")
+    start = strategy_cfg.get("start_method", "") if isinstance(strategy_cfg, DictConfig) else ""
+    if "spawn" in str(start or strategy_cfg):
+        ordered += [SpawnedWorkerLogging(), ProcessGroupAtExit()]
+    if cfg.trainer.get("enable_progress_bar", True):
+        ordered.append(PhaseProgressBar(phases))
+    validation = None
+    if cfg.eval.val_every_n_epochs > 0:
+        validation = PeriodicValidation(
+            phases,
+            cfg.eval.val_every_n_epochs,
+            model_featurizer,
+            checkpoint_dir=str(checkpoint_dir),
+        )
+        ordered.append(validation)
+    selection = None
+    if cfg.eval.select_on_test:
+        selection = TestSetSelection(
+            phases,
+            cfg.eval.select_on_test_from_epoch,
+            model_featurizer,
+            checkpoint_dir=str(checkpoint_dir),
+        )
+        ordered.append(selection)
+    ordered += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
+    return RunCallbacks(tuple(ordered), stopper, validation, selection)
+
+
 def _train(
     cfg: DictConfig, extra_callbacks: Sequence[Callback], stopper: GracefulStop
 ) -> dict[str, float]:
@@ -686,64 +771,12 @@ def _train(
     module = build_module(cfg)
     recluster = build_reclustering(cfg, phases)
     trainer_kwargs = build_trainer_kwargs(cfg)
-    checkpoint_dir = output_dir / "checkpoints"
-    callbacks: list[Callback] = [*extra_callbacks, stopper, recluster]
-    if not dev_run:
-        # last.ckpt, overwritten at every epoch end, i.e. at every phase end after the next
-        # phase is clustered: the points from which a resume is exact. (``save_last=True`` with
-        # ``save_top_k=0`` would only write it when fit ends.)
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(checkpoint_dir),
-                filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-                save_top_k=1,
-                monitor=None,
-                every_n_epochs=1,
-                save_on_train_epoch_end=True,
-                enable_version_counter=False,
-            )
-        )
-    strategy_cfg = cfg.trainer.get("strategy")
-    start = strategy_cfg.get("start_method", "") if isinstance(strategy_cfg, DictConfig) else ""
-    if "spawn" in str(start or strategy_cfg):
-        callbacks += [SpawnedWorkerLogging(), ProcessGroupAtExit()]
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(PhaseProgressBar(phases))
-    validation = None
-    if cfg.eval.val_every_n_epochs > 0:
-        validation = PeriodicValidation(
-            phases,
-            cfg.eval.val_every_n_epochs,
-            model_featurizer,
-            checkpoint_dir=str(output_dir / "checkpoints"),
-        )
-        callbacks.append(validation)
-    selection = None
-    if cfg.eval.select_on_test:
-        selection = TestSetSelection(
-            phases,
-            cfg.eval.select_on_test_from_epoch,
-            model_featurizer,
-            checkpoint_dir=str(checkpoint_dir),
-        )
-        callbacks.append(selection)
-    if not dev_run:
-        callbacks += build_picture_callbacks(cfg, phases, output_dir, model_featurizer)
+    callbacks = build_callbacks(cfg, phases, recluster, stopper, extra=extra_callbacks)
     logger, wandb_run_id = _build_logger(cfg)
     _record_start(cfg, output_dir, wandb_run_id)
     log_run_config(logger, run_config(cfg))
     try:
-        return _fit_and_test(
-            cfg,
-            dm,
-            module,
-            recluster,
-            (validation, selection),
-            callbacks,
-            trainer_kwargs,
-            phases,
-            logger,
-        )
+        return _fit_and_test(cfg, dm, module, recluster, callbacks, trainer_kwargs, phases, logger)
     finally:
         # Test metrics logged after fit reach metrics.csv only when the logger is saved again,
         # and an unfinished W&B run would swallow the next multirun job
@@ -774,29 +807,26 @@ def _fit_and_test(
     dm: VIReIDDataModule,
     module: L.LightningModule,
     recluster: Reclustering,
-    selectors: tuple[PeriodicValidation | None, TestSetSelection | None],
-    callbacks: list[Callback],
+    callbacks: RunCallbacks,
     trainer_kwargs: dict[str, Any],
     phases: list[Phase],
     logger: Any,
 ) -> dict[str, float]:
     """Fit, evaluate the last-epoch weights, write metrics.json (the body of :func:`train`)."""
-    validation, selection = selectors
+    validation, selection = callbacks.validation, callbacks.selection
     output_dir = Path(cfg.paths.output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
+    checkpoint_dir = output_dir / CHECKPOINT_SUBDIR
     trainer = L.Trainer(
         **trainer_kwargs,
         max_epochs=len(phases),
-        callbacks=callbacks,
+        callbacks=list(callbacks.ordered),
         logger=logger,
         default_root_dir=str(output_dir),
     )
-    _fit_or_stop(
-        cfg, trainer, module, dm, next(c for c in callbacks if isinstance(c, GracefulStop))
-    )
+    _fit_or_stop(cfg, trainer, module, dm, callbacks.stopper)
     spawned = _fit_ran_in_other_processes(trainer)
     if spawned:
-        _reload_callback_states(callbacks, checkpoint_dir / "last.ckpt")
+        _reload_callback_states(callbacks.ordered, checkpoint_dir / "last.ckpt")
     # Phases fit ran (fewer than the schedule's when a callback stopped it early); the parent of
     # spawned workers has no loop state: the whole schedule.
     ran = len(phases) if spawned else min(trainer.current_epoch, len(phases))

@@ -18,6 +18,8 @@ def _module(root, augment) -> VIReIDDataModule:
     dm = VIReIDDataModule(
         "sysu",
         str(root),
+        seed=1,
+        bn_replicas=1,
         synvi=SYNVI,
         height=H,
         width=W,
@@ -67,7 +69,7 @@ def test_default_augmentations_change_the_view(tmp_path):
 
 def test_unknown_augment_key_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown augment keys.*'padding'"):
-        VIReIDDataModule("sysu", str(tmp_path), augment={"padding": 2})
+        VIReIDDataModule("sysu", str(tmp_path), seed=1, bn_replicas=1, augment={"padding": 2})
 
 
 def test_intensity_remap_reaches_the_infrared_and_second_visible_views(tmp_path):

@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
+from gur_lightning.config import constructor_kwargs
 from gur_lightning.data.samples import Sample
 from gur_lightning.schedule import Phase
 from gur_lightning.utils.loggers import log_images
@@ -34,17 +35,12 @@ from gur_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 __all__ = [
-    "DEFAULT_NUM_QUERIES",
-    "DEFAULT_TOPK",
     "PICTURES_SUBDIR",
     "ClusterQualityPictures",
     "RankingPictures",
     "build_picture_callbacks",
 ]
 
-#: Queries drawn per protocol, and gallery items per query (the issue asks for the top 10).
-DEFAULT_NUM_QUERIES: int = 4
-DEFAULT_TOPK: int = 10
 #: Sub-folder of the run folder holding the PNGs.
 PICTURES_SUBDIR: str = "pictures"
 
@@ -142,6 +138,9 @@ class RankingPictures(Callback):
         num_queries: Queries per protocol.
         topk: Gallery items per query.
 
+    ``num_queries`` and ``topk`` have no defaults here: a run takes them from the schema
+    (``callbacks.pictures``, :class:`gur_lightning.config.PicturesConfig`).
+
     Attributes:
         written: Paths of the PNGs written.
         rankings: Protocol -> the drawn :class:`~gur_lightning.visualize.Ranking` rows.
@@ -152,8 +151,8 @@ class RankingPictures(Callback):
         output_dir: str | Path,
         featurize_factory: FeaturizeFactory,
         *,
-        num_queries: int = DEFAULT_NUM_QUERIES,
-        topk: int = DEFAULT_TOPK,
+        num_queries: int,
+        topk: int,
     ) -> None:
         super().__init__()
         if num_queries < 1 or topk < 1:
@@ -233,9 +232,9 @@ def build_picture_callbacks(
 ) -> list[Callback]:
     """The picture callbacks of a training run.
 
-    Reads an optional ``cfg.pictures`` node (``enabled``, ``num_queries``, ``topk``) when the
-    schema has one; otherwise the module defaults apply. Ranking pictures show test queries, so
-    they are drawn only when ``cfg.eval.test_after_fit`` is true.
+    ``cfg.callbacks.pictures`` (:class:`gur_lightning.config.PicturesConfig`) switches them and
+    sets the ranking lists' options. Ranking pictures show test queries, so they are drawn only
+    when ``cfg.eval.test_after_fit`` is true.
 
     Args:
         cfg: The composed training configuration.
@@ -246,18 +245,12 @@ def build_picture_callbacks(
     Returns:
         The callbacks to append to the trainer's list.
     """
-    node = cfg.pictures if "pictures" in cfg and cfg.pictures is not None else {}
-    if not node.get("enabled", True):
+    options = cfg.callbacks.pictures
+    if not options.enabled:
         return []
     folder = Path(output_dir) / PICTURES_SUBDIR
     callbacks: list[Callback] = [ClusterQualityPictures(folder, phases)]
     if cfg.eval.test_after_fit:
-        callbacks.append(
-            RankingPictures(
-                folder,
-                featurize_factory,
-                num_queries=int(node.get("num_queries", DEFAULT_NUM_QUERIES)),
-                topk=int(node.get("topk", DEFAULT_TOPK)),
-            )
-        )
+        ranking = constructor_kwargs(options, RankingPictures, exclude=("enabled",))
+        callbacks.append(RankingPictures(folder, featurize_factory, **ranking))
     return callbacks

@@ -15,9 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from gur_lightning.clustering._validation import as_feature_tensor
-
-DEFAULT_CAE_TEMPERATURE = 0.05
-"""Softmax temperature τ of the CAE blocks (docs/method.md §8: the code multiplies by 20)."""
+from gur_lightning.clustering.options import DEFAULT_CAE_TEMPERATURE
 
 
 def legacy_block_bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:

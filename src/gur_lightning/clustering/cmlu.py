@@ -25,9 +25,8 @@ from gur_lightning.clustering._validation import (
     as_label_array,
     check_positive_int,
 )
+from gur_lightning.clustering.options import DEFAULT_CMLU_TOPK
 
-DEFAULT_CMLU_TOPK = 20
-"""Top-k of both CMLU steps on SYSU-MM01 (10 on RegDB; docs/method.md §9, §18.3 ``cmlu_topk``)."""
 DEFAULT_PROPAGATION_TEMPERATURE = 1.0
 """Softmax temperature of the heterogeneous affinity (docs/method.md §9.1: none, i.e. 1)."""
 CHUNK_ELEMENTS = 1 << 25

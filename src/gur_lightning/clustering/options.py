@@ -5,13 +5,18 @@ options) from the caller through :func:`~gur_lightning.clustering.dbscan.dbscan_
 :func:`~gur_lightning.clustering.jaccard.jaccard_distance`, and its :class:`KnnOptions` on to
 :func:`~gur_lightning.clustering.knn.exact_knn`. Every default is a constant here; the config
 schema (``cluster`` group), the re-clustering callback and the benchmarks take theirs from these
-constants. Values are checked where they are used, with errors naming the option.
+constants. The remaining defaults of a re-clustering (the DBSCAN radii, the CAE temperature, the
+CMLU neighbourhood, which is the schedule's) are named here too, for the same reason: the schema,
+the stage policy's options and the functions that use them (:mod:`.cae`, :mod:`.cmlu`) all refer
+to them. Values are checked where they are used, with errors naming the option.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from gur_lightning.schedule import CMLU_TOPK
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +34,15 @@ DEFAULT_K2 = 6
 """Query-expansion neighbourhood size (docs/method.md §7.2, argparse ``--k2 6``)."""
 DEFAULT_MIN_SAMPLES = 4
 """DBSCAN ``min_samples`` (docs/method.md §7.3; counts the point itself)."""
+DEFAULT_EPS = 0.6
+"""DBSCAN radius of the per-modality clustering of stage 2 on SYSU-MM01 (RegDB: 0.3;
+docs/method.md §7.3). Stage 3's radius defaults to it (``cluster.eps_inter_modality``)."""
+DEFAULT_EPS_INTRA_CAMERA = 0.55
+"""DBSCAN radius of the per-camera clustering of stage 1 (docs/method.md §7.3)."""
+DEFAULT_CAE_TEMPERATURE = 0.05
+"""Softmax temperature τ of the CAE blocks (docs/method.md §8: the code multiplies by 20)."""
+DEFAULT_CMLU_TOPK = CMLU_TOPK
+"""Top-k of both CMLU steps: the schedule's (``schedule.cmlu.topk``, the layer below)."""
 DEFAULT_KNN_BACKEND: KnnBackend = "auto"
 """The torch engine, or faiss-GPU on a machine whose faiss has GPUs (same neighbours)."""
 DEFAULT_KERNELS: KernelChoice = "auto"

@@ -23,12 +23,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from gur_lightning.clustering.cae import DEFAULT_CAE_TEMPERATURE, cae_embedding
+from gur_lightning.clustering.cae import cae_embedding
 from gur_lightning.clustering.centroids import cluster_centroids
-from gur_lightning.clustering.cmlu import DEFAULT_CMLU_TOPK, cmlu
+from gur_lightning.clustering.cmlu import cmlu
 from gur_lightning.clustering.dbscan import dbscan_labels
 from gur_lightning.clustering.jaccard import JaccardTimings
 from gur_lightning.clustering.options import (
+    DEFAULT_CAE_TEMPERATURE,
+    DEFAULT_CMLU_TOPK,
+    DEFAULT_EPS,
+    DEFAULT_EPS_INTRA_CAMERA,
     DEFAULT_K1,
     DEFAULT_K2,
     DEFAULT_KERNELS,
@@ -63,7 +67,9 @@ class ClusterOptions:
     Attributes:
         eps: DBSCAN radius of the per-modality clustering of stage 2 (0.6 SYSU, 0.3 RegDB).
         eps_intra_camera: Radius of the per-camera clustering of stage 1.
-        eps_inter_modality: Radius of the joint clustering of stage 3.
+        eps_inter_modality: Radius of the joint clustering of stage 3; None (the default):
+            ``eps``, as the reference (the config schema states the same default as the
+            interpolation ``${.eps}``).
         min_samples: DBSCAN core size, the point included.
         k1: k-reciprocal neighbourhood size.
         k2: Query-expansion size.
@@ -78,9 +84,9 @@ class ClusterOptions:
             unsupervised result.
     """
 
-    eps: float = 0.6
-    eps_intra_camera: float = 0.55
-    eps_inter_modality: float = 0.6
+    eps: float = DEFAULT_EPS
+    eps_intra_camera: float = DEFAULT_EPS_INTRA_CAMERA
+    eps_inter_modality: float | None = None
     min_samples: int = DEFAULT_MIN_SAMPLES
     k1: int = DEFAULT_K1
     k2: int = DEFAULT_K2
@@ -96,7 +102,9 @@ class ClusterOptions:
         return {
             "intra_camera": self.eps_intra_camera,
             "inter_camera": self.eps,
-            "inter_modality": self.eps_inter_modality,
+            "inter_modality": self.eps
+            if self.eps_inter_modality is None
+            else self.eps_inter_modality,
         }[stage]
 
 

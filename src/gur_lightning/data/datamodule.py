@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from gur_lightning.config import AugmentConfig, paired_visible_views
+from gur_lightning.data import options
 from gur_lightning.data.samples import MODALITY_INDEX, Modality, Sample
 from gur_lightning.utils.distributed import get_rank, get_world_size
 from gur_lightning.utils.logging import get_logger
@@ -103,6 +104,12 @@ class VIReIDDataModule(L.LightningDataModule):
     Args:
         name: ``sysu``, ``regdb`` or ``llcm``.
         root: Data set root folder (raw layout).
+        seed: Seed of every training draw (combined with the phase index and the rank); >= 0.
+            The run's seed (``cfg.seed``), so no default of its own.
+        bn_replicas: R, the DataParallel replicas of the BatchNorm layers
+            (``model.bn_replicas``): each rank's batch of each stream must split into
+            ``R / world_size`` equal chunks, so a shrunk batch is rounded down to keep that.
+            The model's value, so no default of its own.
         trial: RegDB split 1..10.
         holdout_val: RegDB: hold out training identities for validation.
         synvi: Optional SynVI parameters (``layout``, ``seed``, ``num_ids``, ``preset``): the
@@ -122,10 +129,9 @@ class VIReIDDataModule(L.LightningDataModule):
             (:func:`~gur_lightning.data.transforms.build_train_transform`): ``pad``, ``flip_p``,
             ``erasing_p`` and ``adap_gray_p`` (infrared only); missing keys keep the reference's
             values.
-        seed: Seed of every training draw (combined with the phase index and the rank); >= 0.
-        bn_replicas: R, the DataParallel replicas of the BatchNorm layers
-            (``model.bn_replicas``): each rank's batch of each stream must split into
-            ``R / world_size`` equal chunks, so a shrunk batch is rounded down to keep that.
+
+    The other defaults are the constants of :mod:`gur_lightning.data.options`, which the
+    ``data`` schema refers to as well.
 
     Under DDP every rank holds one DataModule. ``visible_batch_size`` and
     ``infrared_batch_size`` are global: one optimiser step sees the same number of images on
@@ -138,21 +144,21 @@ class VIReIDDataModule(L.LightningDataModule):
         name: str,
         root: str,
         *,
-        trial: int = 1,
+        seed: int,
+        bn_replicas: int,
+        trial: int = options.TRIAL,
         holdout_val: bool = False,
         synvi: dict | None = None,
-        height: int = 288,
-        width: int = 144,
-        num_instances: int = 16,
-        visible_batch_size: int = 128,
-        infrared_batch_size: int = 256,
-        num_workers: int = 4,
-        eval_batch_size: int = 64,
-        shrink_batch: bool = True,
-        min_identities: int = 2,
+        height: int = options.HEIGHT,
+        width: int = options.WIDTH,
+        num_instances: int = options.NUM_INSTANCES,
+        visible_batch_size: int = options.VISIBLE_BATCH_SIZE,
+        infrared_batch_size: int = options.INFRARED_BATCH_SIZE,
+        num_workers: int = options.NUM_WORKERS,
+        eval_batch_size: int = options.EVAL_BATCH_SIZE,
+        shrink_batch: bool = options.SHRINK_BATCH,
+        min_identities: int = options.MIN_IDENTITIES,
         augment: Mapping[str, Any] | None = None,
-        seed: int = 1,
-        bn_replicas: int = 1,
     ) -> None:
         super().__init__()
         if seed < 0:

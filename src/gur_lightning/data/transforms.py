@@ -31,6 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
+from gur_lightning.data import options
 from gur_lightning.data.samples import MODALITIES
 
 __all__ = [
@@ -117,7 +118,7 @@ class ChannelRandomErasing(nn.Module):
 
     def __init__(
         self,
-        p: float = 0.5,
+        p: float = options.ERASING_P,
         sl: float = 0.02,
         sh: float = 0.4,
         r1: float = 0.3,
@@ -234,7 +235,7 @@ class ChannelAdapGray(nn.Module):
         inplace: Modify the input tensor instead of a copy.
     """
 
-    def __init__(self, p: float = 0.5, *, inplace: bool = False) -> None:
+    def __init__(self, p: float = options.ADAP_GRAY_P, *, inplace: bool = False) -> None:
         super().__init__()
         _check_probability(p, "p", type(self).__name__)
         self.p = p
@@ -302,7 +303,7 @@ class RandomIntensityRemap(nn.Module):
         knots: Number of linear pieces of the curve (>= 1; 1 is a random affine map).
     """
 
-    def __init__(self, p: float = 0.5, knots: int = 4) -> None:
+    def __init__(self, p: float = 0.5, knots: int = options.INTENSITY_REMAP_KNOTS) -> None:
         super().__init__()
         _check_probability(p, "p", type(self).__name__)
         if isinstance(knots, bool) or not isinstance(knots, int) or knots < 1:
@@ -420,13 +421,13 @@ def build_train_transform(
     modality: str,
     view: int = 1,
     *,
-    pad: int = 10,
-    flip_p: float = 0.5,
-    erasing_p: float = 0.5,
-    adap_gray_p: float = 0.5,
+    pad: int = options.PAD,
+    flip_p: float = options.FLIP_P,
+    erasing_p: float = options.ERASING_P,
+    adap_gray_p: float = options.ADAP_GRAY_P,
     exchange_gray: int = 2,
-    intensity_remap_p: float = 0.0,
-    intensity_remap_knots: int = 4,
+    intensity_remap_p: float = options.INTENSITY_REMAP_P,
+    intensity_remap_knots: int = options.INTENSITY_REMAP_KNOTS,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     resize_backend: str = "tensor",

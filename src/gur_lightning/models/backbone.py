@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from gur_lightning.models.options import BN_REPLICAS, DEPTH, GEM_P, LAST_STRIDE
 from gur_lightning.models.replica_bn import convert_replica_batchnorm, set_replicas
 from gur_lightning.utils.logging import get_logger
 
@@ -51,8 +52,6 @@ _LEGACY_FILES: dict[int, str] = {
     50: "resnet50-19c8e357.pth",
 }
 
-#: GeM exponent of the reference, fixed (not learnable), docs/method.md §3.
-GEM_P: float = 3.0
 #: Added to the mean of cubes before the root, as in the reference (docs/method.md §3).
 GEM_EPS: float = 1e-12
 #: BN-neck weight init N(1, 0.01) of ``weights_init_kaiming`` (docs/method.md §3).
@@ -260,14 +259,14 @@ class DualStreamResNet(nn.Module):
 
     def __init__(
         self,
-        depth: int = 50,
+        depth: int = DEPTH,
         *,
-        last_stride: int = 1,
+        last_stride: int = LAST_STRIDE,
         gem_p: float = GEM_P,
         pretrained: str | os.PathLike[str] | None = None,
         non_local: bool = False,
         non_local_pairwise: str = "embedded_gaussian",
-        bn_replicas: int = 1,
+        bn_replicas: int = BN_REPLICAS,
     ) -> None:
         super().__init__()
         if isinstance(bn_replicas, bool) or not isinstance(bn_replicas, int) or bn_replicas < 1:

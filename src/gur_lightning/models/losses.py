@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gur_lightning.models.memory import at_least_fp32
+from gur_lightning.models.options import LOSS_WEIGHT
 
 __all__ = ["adc_loss", "duplicate_views", "info_nce"]
 
@@ -56,8 +57,8 @@ def adc_loss(
     logits_infrared: Tensor | None,
     labels_infrared: Tensor | None,
     *,
-    weight_visible: float = 1.0,
-    weight_infrared: float = 1.0,
+    weight_visible: float = LOSS_WEIGHT,
+    weight_infrared: float = LOSS_WEIGHT,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """ADC loss ``w_ir·CE(s_ir, y_ir) + w_vis·CE(s_vis, y_vis)`` (docs/method.md §6.2).
 

@@ -11,24 +11,17 @@ against the memory as it stands; the update is a separate call made after the op
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gur_lightning.models.options import MEMORY_MOMENTUM, TEMPERATURE, UPDATE_MODE, UpdateMode
+
 __all__ = ["MEMORY_MOMENTUM", "TEMPERATURE", "ClusterMemory", "UpdateMode", "at_least_fp32"]
 
-#: Memory temperature τ (``--temp 0.05``), docs/method.md §6.1 / §12.
-TEMPERATURE: float = 0.05
-#: Weight of the OLD memory row in the momentum update (``--momentum 0.1``; m = 0.1 means the
-#: new row is 90 % the current sample), docs/method.md §6.1 / §17.14.
-MEMORY_MOMENTUM: float = 0.1
 #: Guard against division by zero when renormalising (a row can only vanish if a sample is
 #: exactly opposite to it and m = 0.5).
 _NORM_EPS: float = 1e-12
-
-UpdateMode = Literal["mean", "hard"]
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -62,7 +55,7 @@ class ClusterMemory:
         *,
         temperature: float = TEMPERATURE,
         momentum: float = MEMORY_MOMENTUM,
-        update_mode: UpdateMode = "mean",
+        update_mode: UpdateMode = UPDATE_MODE,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"ClusterMemory: temperature must be positive, got {temperature}")

@@ -34,6 +34,8 @@ from gur_lightning.clustering.policy import Prototypes
 from gur_lightning.modalities import MODALITIES, MODALITY_INDEX
 from gur_lightning.models.losses import adc_loss, duplicate_views
 from gur_lightning.models.memory import MEMORY_MOMENTUM, TEMPERATURE, ClusterMemory, UpdateMode
+from gur_lightning.models.options import LOSS_WEIGHT, LR, UPDATE_MODE, WEIGHT_DECAY
+from gur_lightning.schedule import LR_GAMMA, LR_STEP_SIZE
 from gur_lightning.utils.distributed import average_buffers, broadcast_buffers, gather_tensors
 from gur_lightning.utils.logging import get_logger
 
@@ -46,11 +48,6 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the phase and checkpoint."""
 
 
-#: Adam learning rate, weight decay and StepLR (step 20 GUR epochs, ×0.1), docs/method.md §12.
-LR: float = 3.5e-4
-WEIGHT_DECAY: float = 5e-4
-LR_STEP_SIZE: int = 20
-LR_GAMMA: float = 0.1
 #: Checkpoint key of the GUR epoch, so a resumed run derives the same learning rate.
 _CKPT_GUR_EPOCH: str = "gur_epoch"
 #: Checkpoint key of the backbone's DataParallel replica count R (``model.bn_replicas``).
@@ -98,9 +95,9 @@ class GURLitModule(L.LightningModule):
         lr_gamma: float = LR_GAMMA,
         temperature: float = TEMPERATURE,
         memory_momentum: float = MEMORY_MOMENTUM,
-        memory_update: UpdateMode = "mean",
-        loss_weight_visible: float = 1.0,
-        loss_weight_infrared: float = 1.0,
+        memory_update: UpdateMode = UPDATE_MODE,
+        loss_weight_visible: float = LOSS_WEIGHT,
+        loss_weight_infrared: float = LOSS_WEIGHT,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
