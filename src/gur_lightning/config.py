@@ -12,15 +12,18 @@ checked right after, before anything is built.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
+
+if TYPE_CHECKING:
+    from gur_lightning.synvi.pretrain import PretrainConfig
 
 DATASETS: tuple[str, ...] = ("sysu", "regdb", "llcm")
 #: The training regimes of the ``recipe`` config group (docs/recipes.md).
@@ -125,7 +128,14 @@ class BackboneConfig:
     Attributes:
         depth: ResNet depth: 50 (real data, reference) or 18 (CPU default for SynVI).
         pretrained: Local path of ImageNet weights, ``torchvision`` for torchvision's local cache,
-            or None to train from scratch. Never downloaded.
+            ``synvi`` for the SynVI pretrained start (built into ``paths.data_dir`` on first use,
+            docs/synthetic.md "The pretrained start"), or None to train from scratch. Never
+            downloaded.
+        synvi_pretrain: With ``pretrained=synvi``: None, or a mapping of
+            :class:`gur_lightning.synvi.pretrain.PretrainConfig` fields to override (e.g.
+            ``model.backbone.synvi_pretrain={epochs:2}``); the depth, image size, preset, pad
+            and flip are otherwise the run's own. Free-form (``Any``) so that a whole mapping can
+            be given on the command line; its keys are checked by :func:`validate_config`.
         last_stride: Stride of layer4 (reference 1).
         gem_p: GeM pooling exponent (reference 3, fixed).
         non_local: AGW non-local blocks (off in the reference).
@@ -133,6 +143,7 @@ class BackboneConfig:
 
     depth: int = 50
     pretrained: str | None = None
+    synvi_pretrain: Any = None
     last_stride: int = 1
     gem_p: float = 3.0
     non_local: bool = False
@@ -498,6 +509,47 @@ def _validate_replicas(cfg: DictConfig | TrainConfig) -> None:
     )
 
 
+def synvi_pretrain_config(cfg: DictConfig | TrainConfig) -> PretrainConfig:
+    """The SynVI pretraining parameters of ``model.backbone.pretrained=synvi``.
+
+    The pretrained start plays ImageNet's role for the run's benchmark, so the run decides what
+    must match it: the network depth, the input size, the SynVI preset (when the data is a SynVI
+    tree) and the pad-crop and flip augmentation; ``model.backbone.synvi_pretrain`` overrides
+    any other field (docs/synthetic.md, "The pretrained start").
+
+    Returns:
+        The validated pretraining parameters.
+
+    Raises:
+        ValueError: On an unknown field, a value out of range, or a ``depth`` override (the
+            weights must fit the configured network).
+    """
+    from gur_lightning.synvi.pretrain import pretrain_config
+
+    d, b = cfg.data, cfg.model.backbone
+    given = b.synvi_pretrain
+    if given is not None and not isinstance(given, Mapping):
+        raise ValueError(
+            f"model.backbone.synvi_pretrain must be a mapping of option: value, got {given!r}"
+        )
+    overrides = dict(given or {})
+    if "depth" in overrides:
+        raise ValueError(
+            "model.backbone.synvi_pretrain.depth cannot be set: the pretrained start has the "
+            f"network's depth (model.backbone.depth={b.depth})"
+        )
+    options: dict[str, Any] = {
+        "depth": b.depth,
+        "height": d.height,
+        "width": d.width,
+        "pad": d.augment.pad,
+        "flip_p": d.augment.flip_p,
+    }
+    if d.synvi is not None:
+        options["preset"] = d.synvi.preset
+    return pretrain_config({**options, **overrides})
+
+
 def validate_config(
     cfg: DictConfig | TrainConfig, schema: type[TrainConfig] = TrainConfig
 ) -> None:
@@ -567,6 +619,24 @@ def validate_config(
         "'mean' or 'hard'",
     )
     _check(m.backbone.depth in (18, 34, 50), "model.backbone.depth", m.backbone.depth, "18/34/50")
+    # Imported here: the network module pulls in torch, which composing a config does not need.
+    from gur_lightning.models.backbone import SYNVI_PRETRAINED
+
+    if m.backbone.pretrained == SYNVI_PRETRAINED:
+        try:
+            synvi_pretrain_config(cfg)
+        except ValueError as err:
+            raise ConfigError(
+                f"config value model.backbone.synvi_pretrain is invalid for "
+                f"model.backbone.pretrained={SYNVI_PRETRAINED}: {err}"
+            ) from err
+    else:
+        _check(
+            m.backbone.synvi_pretrain is None,
+            "model.backbone.synvi_pretrain",
+            m.backbone.synvi_pretrain,
+            f"unset unless model.backbone.pretrained={SYNVI_PRETRAINED} (it would be ignored)",
+        )
     _validate_replicas(cfg)
     _check(cfg.recipe in RECIPES, "recipe", cfg.recipe, f"one of {RECIPES}")
     _check(

@@ -134,7 +134,12 @@ def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
 
 
 def build_module(cfg: DictConfig):
-    """The GURLitModule with its two-stream backbone from ``cfg.model``."""
+    """The GURLitModule with its two-stream backbone from ``cfg.model``.
+
+    ``model.backbone.pretrained=synvi`` is resolved to the SynVI pretrained start's weights
+    file first (:func:`pretrained_weights`), so training and ``evaluate features=untrained``
+    start from the same network.
+    """
     from gur_lightning.models import DualStreamResNet, GURLitModule
 
     m = cfg.model
@@ -142,7 +147,7 @@ def build_module(cfg: DictConfig):
         depth=m.backbone.depth,
         last_stride=m.backbone.last_stride,
         gem_p=m.backbone.gem_p,
-        pretrained=m.backbone.pretrained,
+        pretrained=pretrained_weights(cfg),
         non_local=m.backbone.non_local,
         bn_replicas=m.bn_replicas,
     )
@@ -376,6 +381,33 @@ def prepare_data_once(dm: VIReIDDataModule) -> None:
         dm.prepare_data()
     else:
         dm.wait_until_prepared()
+
+
+def pretrained_weights(cfg: DictConfig) -> str | None:
+    """``model.backbone.pretrained`` as the network loads it; ``synvi`` becomes a weights file.
+
+    The SynVI pretrained start (docs/synthetic.md, "The pretrained start") is built once per
+    node, like a SynVI tree: local rank 0 trains it on first use (or finds it cached under
+    ``paths.data_dir``) while the other local ranks wait for its entry. With Lightning's
+    launchers the other ranks only start after rank 0 has built the module, so they find it.
+
+    Returns:
+        The configured value (a path, ``torchvision`` or None), or the SynVI weights path.
+    """
+    from gur_lightning.config import synvi_pretrain_config
+    from gur_lightning.models.backbone import SYNVI_PRETRAINED
+    from gur_lightning.synvi.pretrain import ensure_pretrained_start, wait_for_pretrained_start
+
+    value = cfg.model.backbone.pretrained
+    if value != SYNVI_PRETRAINED:
+        return value
+    options = synvi_pretrain_config(cfg)
+    if launch_local_rank() == 0:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        path = ensure_pretrained_start(options, cfg.paths.data_dir, device=device)
+    else:
+        path = wait_for_pretrained_start(options, cfg.paths.data_dir)
+    return str(path)
 
 
 def _destroy_process_group() -> None:
