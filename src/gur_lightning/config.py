@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from gur_lightning.synvi.pretrain import PretrainConfig
 
 DATASETS: tuple[str, ...] = ("sysu", "regdb", "llcm")
+#: Reserved ``model.backbone.pretrained`` value naming the SynVI pretrained start
+#: (docs/synthetic.md, "The pretrained start"), like ``torchvision`` names torchvision's cache.
+SYNVI_PRETRAINED = "synvi"
 #: The training regimes of the ``recipe`` config group (docs/recipes.md).
 RECIPES: tuple[str, ...] = ("official", "fixed")
 
@@ -524,6 +527,7 @@ def synvi_pretrain_config(cfg: DictConfig | TrainConfig) -> PretrainConfig:
         ValueError: On an unknown field, a value out of range, or a ``depth`` override (the
             weights must fit the configured network).
     """
+    # Imported here: the pretraining pulls in torch, which composing a config does not need.
     from gur_lightning.synvi.pretrain import pretrain_config
 
     d, b = cfg.data, cfg.model.backbone
@@ -619,9 +623,6 @@ def validate_config(
         "'mean' or 'hard'",
     )
     _check(m.backbone.depth in (18, 34, 50), "model.backbone.depth", m.backbone.depth, "18/34/50")
-    # Imported here: the network module pulls in torch, which composing a config does not need.
-    from gur_lightning.models.backbone import SYNVI_PRETRAINED
-
     if m.backbone.pretrained == SYNVI_PRETRAINED:
         try:
             synvi_pretrain_config(cfg)

@@ -43,9 +43,11 @@ from gur_lightning.callbacks.validation import (
     TestSetSelection,
 )
 from gur_lightning.config import (
+    SYNVI_PRETRAINED,
     evaluate_only_hint,
     named_device_count,
     register_configs,
+    synvi_pretrain_config,
     validate_config,
 )
 from gur_lightning.data.check import check_dataset
@@ -394,8 +396,6 @@ def pretrained_weights(cfg: DictConfig) -> str | None:
     Returns:
         The configured value (a path, ``torchvision`` or None), or the SynVI weights path.
     """
-    from gur_lightning.config import synvi_pretrain_config
-    from gur_lightning.models.backbone import SYNVI_PRETRAINED
     from gur_lightning.synvi.pretrain import ensure_pretrained_start, wait_for_pretrained_start
 
     value = cfg.model.backbone.pretrained

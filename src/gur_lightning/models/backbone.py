@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from gur_lightning.config import SYNVI_PRETRAINED
 from gur_lightning.models.replica_bn import convert_replica_batchnorm, set_replicas
 from gur_lightning.utils.checkpoints import CheckpointError, check_state_dict_fits, load_checkpoint
 from gur_lightning.utils.logging import get_logger
@@ -30,7 +31,6 @@ log = get_logger(__name__)
 
 __all__ = [
     "DEPTHS",
-    "SYNVI_PRETRAINED",
     "DualStreamResNet",
     "GeM",
     "NonLocalBlock",
@@ -52,11 +52,6 @@ _LEGACY_FILES: dict[int, str] = {
     34: "resnet34-333f7ec4.pth",
     50: "resnet50-19c8e357.pth",
 }
-
-#: Reserved ``pretrained`` value naming the SynVI pretrained start (docs/synthetic.md, "The
-#: pretrained start"). It depends on the benchmark's image size and preset, which the network
-#: does not know, so the entry points resolve it to a file before the network is built.
-SYNVI_PRETRAINED = "synvi"
 
 #: GeM exponent of the reference, fixed (not learnable), docs/method.md §3.
 GEM_P: float = 3.0
@@ -200,6 +195,8 @@ def resolve_pretrained_path(pretrained: str | os.PathLike[str], depth: int) -> P
         ValueError: For ``"synvi"``, which only the entry points can resolve.
     """
     if str(pretrained) == SYNVI_PRETRAINED:
+        # The SynVI start depends on the benchmark's image size and preset, which the network
+        # does not know: the entry points resolve it to a file before the network is built.
         raise ValueError(
             f"pretrained={SYNVI_PRETRAINED!r} names the SynVI pretrained start, which depends on "
             "the benchmark's image size and preset: gur_lightning.train and "

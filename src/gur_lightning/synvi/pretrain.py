@@ -109,9 +109,9 @@ class PretrainConfig:
     width: int = 32
     preset: str = "default"
     seed: int = 0
-    num_ids: int = 200
+    num_ids: int = 400
     num_cameras: int = 4
-    images_per_camera: int = 6
+    images_per_camera: int = 4
     epochs: int = 4
     batch_size: int = 64
     lr: float = 2e-3
