@@ -256,6 +256,10 @@ def test_options_out_of_range_or_unknown_are_named():
         tiny(depth=20)
     with pytest.raises(ValueError, match="image size must be at least"):
         tiny(height=16)
+    with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
+        tiny(lr="fast")
+    # One setting, one entry: an integer learning rate is the same float.
+    assert pretrain.entry_dir(tiny(lr=1), Path("d")) == pretrain.entry_dir(tiny(lr=1.0), Path("d"))
 
 
 def test_config_errors_name_the_option(tmp_path):

@@ -138,6 +138,12 @@ class PretrainConfig:
         for name, value in integers.items():
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"SynVI pretraining: {name} must be an integer, got {value!r}")
+        for name in ("lr", "weight_decay", "label_smoothing", "flip_p", "colour_jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"SynVI pretraining: {name} must be a number, got {value!r}")
+            # 1 and 1.0 are one setting: store floats so that they hash alike.
+            object.__setattr__(self, name, float(value))
         checks = [
             (self.depth in DEPTHS, "depth", f"one of {sorted(DEPTHS)}"),
             (self.preset in PRESETS, "preset", f"one of {PRESETS}"),
@@ -339,7 +345,10 @@ def train_pretrained_start(
         steps_per_epoch,
         batch,
     )
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    # manual_seed below seeds every CUDA device too: restore all of them afterwards.
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
         builder, _ = DEPTHS[cfg.depth]
