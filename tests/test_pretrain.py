@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -63,8 +64,9 @@ def test_pretraining_world_shares_no_identity_with_benchmark_trees():
     benchmark_shapes: set = set()
     benchmark_colours: set = set()
     for layout in ("sysu", "regdb", "llcm"):
-        for seed in (0, 1, 2, 7):
-            world = build_world(layout, resolve_config(layout, height=32, width=16), seed)
+        for seed, preset in itertools.product((0, 1, 2, 7), ("easy", "default", "hard")):
+            config = resolve_config(layout, preset=preset, height=32, width=16)
+            world = build_world(layout, config, seed)
             shapes, colours = _identity_records(world)
             benchmark_shapes |= shapes
             benchmark_colours |= colours
@@ -131,6 +133,22 @@ def test_augment_flips_and_normalises_like_the_benchmark():
             for x in range(3)
         ]
         assert any(torch.allclose(shifted[i], w) for w in windows)
+
+
+def test_colour_jitter_scales_a_grey_image_by_at_most_its_strength():
+    # A uniform grey image keeps its grey under contrast and saturation changes; only the
+    # brightness factor in [1 - j, 1 + j] moves it.
+    images = torch.full((64, 3, 8, 4), 100, dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(1)
+    out = pretrain.augment(images, tiny(pad=0, flip_p=0.0, colour_jitter=0.2), gen)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = out * std + mean
+    per_image = pixels.flatten(1)
+    torch.testing.assert_close(per_image.min(1).values, per_image.max(1).values)
+    factor = per_image[:, 0] / (100 / 255)
+    assert factor.min() >= 0.8 - 1e-5 and factor.max() <= 1.2 + 1e-5
+    assert factor.max() - factor.min() > 0.2  # it does vary
 
 
 # --------------------------------------------------------------------------- weights
