@@ -189,6 +189,14 @@ def test_build_module_resolves_synvi_to_the_run_specific_entry(tmp_path):
     assert torch.equal(module.backbone.body.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
 
 
+def test_a_module_whose_weights_come_from_a_checkpoint_builds_no_entry(tmp_path):
+    cfg = smoke_config(
+        tmp_path / "data", tmp_path / "run", "model.backbone.pretrained=synvi", TINY_OVERRIDE
+    )
+    build_module(cfg, load_pretrained=False)
+    assert not (tmp_path / "data").exists()
+
+
 def test_building_leaves_the_global_random_state_alone(tmp_path):
     torch.manual_seed(123)
     before = torch.get_rng_state()

@@ -117,7 +117,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.features == "raw_pixels":
         featurize = raw_pixel_featurizer(dm)
     else:
-        module = build_module(cfg)
+        # A checkpoint replaces every network weight: its pretrained start is not needed.
+        module = build_module(cfg, load_pretrained=cfg.features != "model")
         if cfg.features == "model":
             load_checkpoint_weights(
                 module, cfg.ckpt, hint=f"model.backbone.depth={cfg.model.backbone.depth}"

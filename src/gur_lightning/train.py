@@ -135,12 +135,18 @@ def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
     )
 
 
-def build_module(cfg: DictConfig):
+def build_module(cfg: DictConfig, *, load_pretrained: bool = True):
     """The GURLitModule with its two-stream backbone from ``cfg.model``.
 
     ``model.backbone.pretrained=synvi`` is resolved to the SynVI pretrained start's weights
     file first (:func:`pretrained_weights`), so training and ``evaluate features=untrained``
     start from the same network.
+
+    Args:
+        cfg: The composed configuration.
+        load_pretrained: False when every weight is loaded from a checkpoint afterwards
+            (``evaluate features=model``): the pretrained file is then neither needed nor
+            built.
     """
     from gur_lightning.models import DualStreamResNet, GURLitModule
 
@@ -149,7 +155,7 @@ def build_module(cfg: DictConfig):
         depth=m.backbone.depth,
         last_stride=m.backbone.last_stride,
         gem_p=m.backbone.gem_p,
-        pretrained=pretrained_weights(cfg),
+        pretrained=pretrained_weights(cfg) if load_pretrained else None,
         non_local=m.backbone.non_local,
         bn_replicas=m.bn_replicas,
     )
@@ -396,11 +402,11 @@ def pretrained_weights(cfg: DictConfig) -> str | None:
     Returns:
         The configured value (a path, ``torchvision`` or None), or the SynVI weights path.
     """
-    from gur_lightning.synvi.pretrain import ensure_pretrained_start, wait_for_pretrained_start
-
     value = cfg.model.backbone.pretrained
     if value != SYNVI_PRETRAINED:
         return value
+    from gur_lightning.synvi.pretrain import ensure_pretrained_start, wait_for_pretrained_start
+
     options = synvi_pretrain_config(cfg)
     if launch_local_rank() == 0:
         device = "cuda" if torch.cuda.is_available() else "cpu"
