@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
@@ -47,6 +47,9 @@ from gur_lightning.data.readers import DATASET_NAMES
 from gur_lightning.models import options as model_defaults
 from gur_lightning.schedule import ScheduleConfig, ScheduleError, validate_schedule
 from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED
+
+if TYPE_CHECKING:
+    from gur_lightning.synvi.pretraining import PretrainConfig
 
 #: The training regimes of the ``recipe`` config group (docs/recipes.md).
 RECIPES: tuple[str, ...] = ("official", "fixed")
@@ -161,7 +164,14 @@ class BackboneConfig:
     Attributes:
         depth: ResNet depth: 50 (real data, reference) or 18 (CPU default for SynVI).
         pretrained: Local path of ImageNet weights, ``torchvision`` for torchvision's local cache,
-            or None to train from scratch. Never downloaded.
+            ``synvi`` for the SynVI pretrained start (built into ``paths.data_dir`` on first use,
+            docs/synthetic.md "The pretrained start"), or None to train from scratch. Never
+            downloaded.
+        synvi_pretrain: With ``pretrained=synvi``: None, or a mapping of
+            :class:`gur_lightning.synvi.pretraining.PretrainConfig` fields to override (e.g.
+            ``model.backbone.synvi_pretrain={epochs:2}``); the depth, image size, preset, pad
+            and flip are otherwise the run's own. Free-form (``Any``) so that a whole mapping can
+            be given on the command line; its keys are checked by :func:`validate_config`.
         last_stride: Stride of layer4 (reference 1).
         gem_p: GeM pooling exponent (reference 3, fixed).
         non_local: AGW non-local blocks (off in the reference).
@@ -169,6 +179,7 @@ class BackboneConfig:
 
     depth: int = model_defaults.DEPTH
     pretrained: str | None = None
+    synvi_pretrain: Any = None
     last_stride: int = model_defaults.LAST_STRIDE
     gem_p: float = model_defaults.GEM_P
     non_local: bool = False
@@ -644,6 +655,48 @@ def _validate_replicas(cfg: DictConfig | TrainConfig) -> None:
     )
 
 
+def synvi_pretrain_config(cfg: DictConfig | TrainConfig) -> PretrainConfig:
+    """The SynVI pretraining parameters of ``model.backbone.pretrained=synvi``.
+
+    The pretrained start plays ImageNet's role for the run's benchmark, so the run decides what
+    must match it: the network depth, the input size, the SynVI preset (when the data is a SynVI
+    tree) and the pad-crop and flip augmentation; ``model.backbone.synvi_pretrain`` overrides
+    any other field (docs/synthetic.md, "The pretrained start").
+
+    Returns:
+        The validated pretraining parameters.
+
+    Raises:
+        ValueError: On an unknown field, a value out of range, or a ``depth`` override (the
+            weights must fit the configured network).
+    """
+    # Imported here: the pretraining pulls in torch, which composing a config does not need.
+    from gur_lightning.synvi.pretraining import pretrain_config
+
+    d, b = cfg.data, cfg.model.backbone
+    given = b.synvi_pretrain
+    if given is not None and not isinstance(given, Mapping):
+        raise ValueError(
+            f"model.backbone.synvi_pretrain must be a mapping of option: value, got {given!r}"
+        )
+    overrides = dict(given or {})
+    if "depth" in overrides:
+        raise ValueError(
+            "model.backbone.synvi_pretrain.depth cannot be set: the pretrained start has the "
+            f"network's depth (model.backbone.depth={b.depth})"
+        )
+    options: dict[str, Any] = {
+        "depth": b.depth,
+        "height": d.height,
+        "width": d.width,
+        "pad": d.augment.pad,
+        "flip_p": d.augment.flip_p,
+    }
+    if d.synvi is not None:
+        options["preset"] = d.synvi.preset
+    return pretrain_config({**options, **overrides})
+
+
 def validate_config(
     cfg: DictConfig | TrainConfig, schema: type[TrainConfig] = TrainConfig
 ) -> None:
@@ -703,7 +756,28 @@ def validate_config(
         m.memory.update_mode,
         "'mean' or 'hard'",
     )
-    _check(m.backbone.depth in (18, 34, 50), "model.backbone.depth", m.backbone.depth, "18/34/50")
+    _check(
+        m.backbone.depth in model_defaults.SUPPORTED_DEPTHS,
+        "model.backbone.depth",
+        m.backbone.depth,
+        f"one of {model_defaults.SUPPORTED_DEPTHS}",
+    )
+    if m.backbone.pretrained == model_defaults.SYNVI_PRETRAINED:
+        try:
+            synvi_pretrain_config(cfg)
+        except ValueError as err:
+            raise ConfigError(
+                f"config value model.backbone.synvi_pretrain is invalid for "
+                f"model.backbone.pretrained={model_defaults.SYNVI_PRETRAINED}: {err}"
+            ) from err
+    else:
+        _check(
+            m.backbone.synvi_pretrain is None,
+            "model.backbone.synvi_pretrain",
+            m.backbone.synvi_pretrain,
+            f"unset unless model.backbone.pretrained={model_defaults.SYNVI_PRETRAINED} "
+            "(it would be ignored)",
+        )
     _validate_replicas(cfg)
     _check(cfg.method in METHODS, "method", cfg.method, f"one of {METHODS}")
     _check(cfg.recipe in RECIPES, "recipe", cfg.recipe, f"one of {RECIPES}")

@@ -3,9 +3,13 @@
     python -m gur_lightning.evaluate +experiment=sysu data.root=/data/SYSU-MM01 ckpt=PATH
     python -m gur_lightning.evaluate +experiment=synvi features=raw_pixels
     python -m gur_lightning.evaluate +experiment=synvi features=untrained
+    python -m gur_lightning.evaluate +experiment=synvi features=untrained \
+        model.backbone.pretrained=synvi
 
 ``features`` chooses what is evaluated: ``model`` (a trained checkpoint, ``ckpt=`` required),
-``untrained`` (the configured network at its initialisation, seeded) or ``raw_pixels`` (the
+``untrained`` (the configured network at its initialisation, seeded: random weights, or with
+``model.backbone.pretrained`` set the pretrained start, e.g. ``model.backbone.pretrained=synvi``,
+the SynVI stand-in for ImageNet, labelled "pretrained start, no training") or ``raw_pixels`` (the
 eval-resized image flattened and L2-normalised: the floor of a benchmark). The protocols are those
 of docs/method.md §13: SYSU-MM01 all- and indoor-search over ten gallery draws, RegDB both
 directions for the configured trial, LLCM both directions over ten draws. The table (mean ± std) is
@@ -55,6 +59,22 @@ def raw_pixel_featurizer(dm: VIReIDDataModule):
     return featurize
 
 
+def features_label(cfg: DictConfig) -> str:
+    """What ``cfg.features`` evaluates, in words, for the logged table.
+
+    ``untrained`` builds the network exactly as training starts it (``build_module``), so with
+    ``model.backbone.pretrained`` set it is the pretrained start, not a random network.
+    """
+    if cfg.features == "model":
+        return f"trained model ({cfg.ckpt})"
+    if cfg.features == "untrained":
+        pretrained = cfg.model.backbone.pretrained
+        if pretrained is None:
+            return "untrained network (random initialisation)"
+        return f"pretrained start ({pretrained}), no training"
+    return "raw pixels"
+
+
 def load_checkpoint_weights(
     module: torch.nn.Module, path: str, *, hint: str = "check model.backbone.*"
 ) -> None:
@@ -97,7 +117,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.features == "raw_pixels":
         featurize = raw_pixel_featurizer(dm)
     else:
-        module = build_module(cfg)
+        # A checkpoint replaces every network weight: its pretrained start is not needed.
+        module = build_module(cfg, load_pretrained=cfg.features != "model")
         if cfg.features == "model":
             load_checkpoint_weights(
                 module, cfg.ckpt, hint=f"model.backbone.depth={cfg.model.backbone.depth}"
@@ -112,7 +133,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    log.info("%s features (%%, mean ± std over trials):\n%s", cfg.features, format_table(metrics))
+    log.info(
+        "%s, features=%s (%%, mean ± std over trials):\n%s",
+        features_label(cfg),
+        cfg.features,
+        format_table(metrics),
+    )
     return metrics
 
 

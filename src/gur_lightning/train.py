@@ -49,6 +49,7 @@ from gur_lightning.config import (
     evaluate_only_hint,
     named_device_count,
     register_configs,
+    synvi_pretrain_config,
     validate_config,
 )
 from gur_lightning.data.check import check_dataset
@@ -59,6 +60,7 @@ from gur_lightning.evaluation import (
     format_table,
     protocol_splits,
 )
+from gur_lightning.models.options import SYNVI_PRETRAINED
 from gur_lightning.schedule import Phase, ScheduleConfig, build_phases
 from gur_lightning.utils.checkpoints import check_resume_checkpoint
 from gur_lightning.utils.loggers import (
@@ -127,18 +129,32 @@ def build_datamodule(cfg: DictConfig) -> VIReIDDataModule:
     )
 
 
-def build_module(cfg: DictConfig):
+def build_module(cfg: DictConfig, *, load_pretrained: bool = True):
     """The GURLitModule with its two-stream backbone from ``cfg.model`` and the LR schedule.
 
     ``model.backbone`` and ``model.bn_replicas`` make the backbone; the other ``model`` fields go
     to the module by name, ``model.memory``'s as ``temperature``, ``memory_momentum`` and
     ``memory_update``; the learning-rate steps are the schedule's.
+
+    ``model.backbone.pretrained=synvi`` is resolved to the SynVI pretrained start's weights
+    file first (:func:`pretrained_weights`), so training and ``evaluate features=untrained``
+    start from the same network.
+
+    Args:
+        cfg: The composed configuration.
+        load_pretrained: False when every weight is loaded from a checkpoint afterwards
+            (``evaluate features=model``): the pretrained file is then neither needed nor
+            built.
     """
     from gur_lightning.models import DualStreamResNet, GURLitModule
 
     m = cfg.model
     backbone = DualStreamResNet(
-        **constructor_kwargs(m.backbone, DualStreamResNet), bn_replicas=m.bn_replicas
+        **constructor_kwargs(
+            m.backbone, DualStreamResNet, exclude=("pretrained", "synvi_pretrain")
+        ),
+        pretrained=pretrained_weights(cfg) if load_pretrained else None,
+        bn_replicas=m.bn_replicas,
     )
     return GURLitModule(
         backbone,
@@ -376,6 +392,31 @@ def prepare_data_once(dm: VIReIDDataModule) -> None:
         dm.prepare_data()
     else:
         dm.wait_until_prepared()
+
+
+def pretrained_weights(cfg: DictConfig) -> str | None:
+    """``model.backbone.pretrained`` as the network loads it; ``synvi`` becomes a weights file.
+
+    The SynVI pretrained start (docs/synthetic.md, "The pretrained start") is built once per
+    node, like a SynVI tree: local rank 0 trains it on first use (or finds it cached under
+    ``paths.data_dir``) while the other local ranks wait for its entry. With Lightning's
+    launchers the other ranks only start after rank 0 has built the module, so they find it.
+
+    Returns:
+        The configured value (a path, ``torchvision`` or None), or the SynVI weights path.
+    """
+    value = cfg.model.backbone.pretrained
+    if value != SYNVI_PRETRAINED:
+        return value
+    from gur_lightning.pretrain import ensure_pretrained_start, wait_for_pretrained_start
+
+    options = synvi_pretrain_config(cfg)
+    if launch_local_rank() == 0:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        path = ensure_pretrained_start(options, cfg.paths.data_dir, device=device)
+    else:
+        path = wait_for_pretrained_start(options, cfg.paths.data_dir)
+    return str(path)
 
 
 def _destroy_process_group() -> None:

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from gur_lightning.models import ClusterMemory, DualStreamResNet, GURLitModule, adc_loss
+from gur_lightning.models.options import SUPPORTED_DEPTHS
 
 __all__ = ["DEFAULT_ARGS", "add_step_arguments", "main"]
 
@@ -177,7 +178,7 @@ def _plain_run(
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     """The network and batch options shared by the training-step benchmarks."""
-    parser.add_argument("--depth", type=int, default=18, choices=(18, 34, 50))
+    parser.add_argument("--depth", type=int, default=18, choices=SUPPORTED_DEPTHS)
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--width", type=int, default=48)
     parser.add_argument("--visible", type=int, default=32, help="visible images (×2 views)")

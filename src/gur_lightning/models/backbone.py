@@ -22,8 +22,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from gur_lightning.models.options import BN_REPLICAS, DEPTH, GEM_P, LAST_STRIDE
+from gur_lightning.models.options import (
+    BN_REPLICAS,
+    DEPTH,
+    GEM_P,
+    LAST_STRIDE,
+    SUPPORTED_DEPTHS,
+    SYNVI_PRETRAINED,
+)
 from gur_lightning.models.replica_bn import convert_replica_batchnorm, set_replicas
+from gur_lightning.utils.checkpoints import CheckpointError, check_state_dict_fits, load_checkpoint
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -39,9 +47,7 @@ __all__ = [
 
 #: torchvision constructor and ImageNet weights enum per supported depth.
 DEPTHS: dict[int, tuple[str, str]] = {
-    18: ("resnet18", "ResNet18_Weights"),
-    34: ("resnet34", "ResNet34_Weights"),
-    50: ("resnet50", "ResNet50_Weights"),
+    depth: (f"resnet{depth}", f"ResNet{depth}_Weights") for depth in SUPPORTED_DEPTHS
 }
 
 #: Older torchvision file names of the same ImageNet V1 weights; the reference loads
@@ -189,7 +195,17 @@ def resolve_pretrained_path(pretrained: str | os.PathLike[str], depth: int) -> P
 
     Raises:
         FileNotFoundError: Naming the configured path, or the cache paths looked at.
+        ValueError: For ``"synvi"``, which only the entry points can resolve.
     """
+    if str(pretrained) == SYNVI_PRETRAINED:
+        # The SynVI start depends on the benchmark's image size and preset, which the network
+        # does not know: the entry points resolve it to a file before the network is built.
+        raise ValueError(
+            f"pretrained={SYNVI_PRETRAINED!r} names the SynVI pretrained start, which depends on "
+            "the benchmark's image size and preset: gur_lightning.train and "
+            "gur_lightning.evaluate resolve it (building it on first use); elsewhere pass the "
+            "weights file of gur_lightning.pretrain.ensure_pretrained_start(...)"
+        )
     if str(pretrained) == "torchvision":
         _, weights_enum = DEPTHS[depth]
         url = getattr(torchvision.models, weights_enum).IMAGENET1K_V1.url
@@ -212,23 +228,32 @@ def resolve_pretrained_path(pretrained: str | os.PathLike[str], depth: int) -> P
     return path
 
 
-def load_imagenet_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+def load_imagenet_state_dict(
+    path: str | os.PathLike[str], *, expected: str = "a torchvision ResNet state dict"
+) -> dict[str, Tensor]:
     """Read a torchvision ResNet state dict from ``path``, without its ``fc`` classifier.
+
+    The file is loaded as data only (``weights_only=True``), like every checkpoint.
 
     Args:
         path: A ``.pth`` file holding a state dict (or a dict with a ``"state_dict"`` entry).
+        expected: What the file should be, for the error message.
 
     Returns:
         The state dict, ``fc.*`` removed (docs/method.md §3: the reference drops it).
 
     Raises:
-        ValueError: If the file does not hold a mapping of tensors.
+        CheckpointError: A ``ValueError`` naming ``path`` and ``expected``, if the file cannot
+            be loaded (truncated, random bytes, Python objects) or does not hold a mapping of
+            tensors.
     """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+    obj = load_checkpoint(path, what=expected, required_keys=())
+    if isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+    if not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{str(path)!r} does not hold a state dict of tensors; expected {expected}"
+        )
     return {k: v for k, v in obj.items() if not k.startswith("fc.")}
 
 
@@ -239,9 +264,10 @@ class DualStreamResNet(nn.Module):
         depth: ResNet depth: 50 (the reference, 2048-d features) or 18/34 (512-d; CPU tests).
         last_stride: Stride of layer4 (the reference uses 1: a 288×144 input gives 18×9 maps).
         gem_p: Fixed GeM exponent.
-        pretrained: ``None`` (torchvision's random init), a path to a torchvision ImageNet state
-            dict, or ``"torchvision"`` for the local torchvision cache. Loaded into both stems
-            and the body; never downloaded.
+        pretrained: ``None`` (torchvision's random init), a path to a torchvision ResNet state
+            dict (ImageNet weights, or the SynVI pretrained start the entry points resolve
+            ``"synvi"`` to), or ``"torchvision"`` for the local torchvision cache. Loaded into
+            both stems and the body; never downloaded.
         non_local: Insert AGW non-local blocks (2 in layer2, 3 in layer3); off in the reference.
         non_local_pairwise: Pairwise function of the non-local blocks (see
             :class:`NonLocalBlock`).
@@ -284,15 +310,29 @@ class DualStreamResNet(nn.Module):
         net: torchvision.models.ResNet = getattr(torchvision.models, builder)(weights=None)
         if pretrained is not None:
             path = resolve_pretrained_path(pretrained, depth)
-            state = load_imagenet_state_dict(path)
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.startswith("fc.")]
-            if missing or unexpected:
-                raise ValueError(
-                    f"pretrained weights {str(path)!r} do not fit torchvision {builder}: "
-                    f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+            expected = f"a torchvision ResNet-{depth} state dict"
+            state = load_imagenet_state_dict(path, expected=expected)
+            # Files written before BatchNorm counted its batches (the reference's
+            # resnet50-19c8e357.pth) lack num_batches_tracked; load_state_dict fills it in.
+            own = {
+                k: v
+                for k, v in net.state_dict().items()
+                if not k.startswith("fc.")
+                and (k in state or not k.endswith("num_batches_tracked"))
+            }
+            try:
+                # Shapes first: load_state_dict(strict=False) would raise a bare size-mismatch
+                # RuntimeError for e.g. ResNet-50 weights, naming neither file nor depth.
+                check_state_dict_fits(
+                    state, own, path=str(path), hint=f"model.backbone.depth={depth}"
                 )
-            log.info("loaded ImageNet weights for both stems and the body from %s", path)
+            except CheckpointError as err:
+                raise ValueError(
+                    f"pretrained weights do not fit torchvision {builder} ({expected} "
+                    f"expected): {err}"
+                ) from err
+            net.load_state_dict(state, strict=False)
+            log.info("loaded pretrained weights for both stems and the body from %s", path)
         if last_stride == 1:
             # Only the first block of layer4 strides (main path and downsample); weights are
             # unchanged, the map is twice as large (docs/method.md §3, last_conv_stride=1).

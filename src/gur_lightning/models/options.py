@@ -41,3 +41,10 @@ WEIGHT_DECAY = 5e-4
 """Adam's coupled L2 weight decay, docs/method.md §12."""
 LOSS_WEIGHT = 1.0
 """Weight of each stream's InfoNCE term (visible, infrared): the reference sums them."""
+
+#: Reserved ``model.backbone.pretrained`` value naming the SynVI pretrained start
+#: (docs/synthetic.md, "The pretrained start"), as ``torchvision`` names torchvision's cache.
+SYNVI_PRETRAINED = "synvi"
+#: The ResNet depths the two-stream network is built for (torchvision's BasicBlock and
+#: Bottleneck ResNets with ImageNet weights).
+SUPPORTED_DEPTHS: tuple[int, ...] = (18, 34, 50)

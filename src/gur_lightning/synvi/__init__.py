@@ -11,7 +11,10 @@ Example:
     >>> root = generate_synvi("sysu", "data/synvi_sysu", seed=0)  # doctest: +SKIP
 
 Command line: ``python -m gur_lightning.synvi --layout sysu --out DIR``; example grid:
-``python -m gur_lightning.synvi.grid --out docs/synvi_grid.png``.
+``python -m gur_lightning.synvi.grid --out docs/synvi_grid.png``. The pretrained start, SynVI's
+stand-in for ImageNet weights (``model.backbone.pretrained=synvi``), is built by
+:mod:`gur_lightning.pretrain` (``python -m gur_lightning.pretrain``) because it needs torch;
+its parameters and its world are here, in :mod:`gur_lightning.synvi.pretraining`.
 """
 
 from gur_lightning.synvi.config import (

@@ -29,7 +29,7 @@ from gur_lightning.synvi.config import (
 )
 from gur_lightning.synvi.layouts import ImageJob, build_world, plan_tree
 from gur_lightning.synvi.render import render_image
-from gur_lightning.synvi.world import World
+from gur_lightning.synvi.world import MAX_SEED, World
 from gur_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -58,7 +58,7 @@ def tree_parameters(
 
     Args:
         layout: One of ``sysu``, ``regdb``, ``llcm``.
-        seed: Tree seed (non-negative integer).
+        seed: Tree seed (an integer in ``[0, MAX_SEED]``, one random-stream key word).
         num_ids: Identity count (``None``: the layout's default).
         preset: Difficulty preset.
         height: Image height in pixels.
@@ -71,8 +71,15 @@ def tree_parameters(
     Raises:
         ValueError: On an invalid option.
     """
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"SynVI seed must be a non-negative integer, got {seed!r}")
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(
+            f"SynVI seed must be a non-negative integer <= {MAX_SEED} (one key word of the "
+            f"random streams), got {seed!r}"
+        )
     seed = int(seed)
     cfg = resolve_config(
         layout, preset=preset, num_ids=num_ids, height=height, width=width, overrides=overrides

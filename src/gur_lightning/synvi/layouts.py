@@ -30,6 +30,7 @@ from gur_lightning.synvi.world import (
     TAG_COVERAGE,
     TAG_NAMES,
     TAG_SPLIT,
+    StreamRoot,
     World,
     build_camera,
     build_identities,
@@ -93,14 +94,15 @@ class Plan:
 
 
 def camera_table(
-    layout: str, cfg: SynVIConfig, seed: int
+    layout: str, cfg: SynVIConfig, seed: StreamRoot
 ) -> list[tuple[int, tuple[Modality, ...], bool, int]]:
     """List the layout's cameras as ``(number, modalities, indoor, scene_key)``.
 
     Args:
         layout: Layout name.
         cfg: Resolved parameters.
-        seed: Tree seed (LLCM cameras are indoor or outdoor at random).
+        seed: Tree seed or namespaced stream root (LLCM cameras are indoor or outdoor at
+            random).
 
     Returns:
         One tuple per camera, by camera number.
@@ -117,13 +119,13 @@ def camera_table(
     ]
 
 
-def build_world(layout: str, cfg: SynVIConfig, seed: int, supersample: int = 2) -> World:
+def build_world(layout: str, cfg: SynVIConfig, seed: StreamRoot, supersample: int = 2) -> World:
     """Draw the identities, cameras and scenes of a tree.
 
     Args:
         layout: Layout name.
         cfg: Resolved parameters.
-        seed: Tree seed.
+        seed: Tree seed, or a namespaced root (:data:`~gur_lightning.synvi.world.StreamRoot`).
         supersample: Render resolution factor.
 
     Returns:

@@ -38,18 +38,35 @@ LAYOUT_CODE = {"sysu": 1, "regdb": 2, "llcm": 3}
 MODALITY_CODE = {"visible": 0, "infrared": 1}
 
 
-def rng_for(seed: int, *keys: int) -> np.random.Generator:
+#: Namespace word of the pretraining world (docs/synthetic.md, "The pretrained start"). Its
+#: streams are keyed ``(seed, NAMESPACE_PRETRAIN, tag, ...)`` where a benchmark tree's are
+#: ``(seed, tag, ...)``: the second key word is a small ``TAG_*`` in every benchmark stream and
+#: this value in every pretraining stream, so no pretraining stream can equal a benchmark's
+#: whatever either seed is (seeds are below 2**32, one key word each).
+NAMESPACE_PRETRAIN = 0x5359_4E50
+#: Largest seed: numpy splits a larger integer into several 32-bit key words, which would let
+#: one key read as another.
+MAX_SEED = 2**32 - 1
+
+#: The root of a world's streams: a benchmark tree's seed, or ``(seed, namespace)`` for a world
+#: drawn in its own namespace (the pretraining world).
+StreamRoot = int | tuple[int, int]
+
+
+def rng_for(seed: StreamRoot, *keys: int) -> np.random.Generator:
     """Return the random stream keyed by ``(seed, *keys)``.
 
     Args:
-        seed: The tree's seed (non-negative).
+        seed: The tree's seed (in ``[0, MAX_SEED]``), or ``(seed, namespace)`` for a world in
+            its own namespace.
         *keys: Stream tag followed by the indices that identify the decision (identity,
             camera, image...).
 
     Returns:
         An independent generator: equal keys give equal streams in any process.
     """
-    return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
+    root = list(seed) if isinstance(seed, tuple) else [seed]
+    return np.random.default_rng(np.random.SeedSequence([*root, *keys]))
 
 
 # --------------------------------------------------------------------------- label map codes
@@ -318,7 +335,7 @@ class World:
 
     Attributes:
         layout: Layout name.
-        seed: Tree seed.
+        seed: Tree seed, or a namespaced :data:`StreamRoot`.
         config: Resolved parameters.
         identities: Identity by pid.
         cameras: Camera by number.
@@ -327,7 +344,7 @@ class World:
     """
 
     layout: str
-    seed: int
+    seed: StreamRoot
     config: SynVIConfig
     identities: dict[int, Identity]
     cameras: dict[int, Camera]
@@ -444,7 +461,7 @@ def sample_appearance(
     return Appearance(colours=colours, thermal=np.clip(thermal, 0.0, 1.0))
 
 
-def build_identities(seed: int, pids: list[int], cfg: SynVIConfig) -> dict[int, Identity]:
+def build_identities(seed: StreamRoot, pids: list[int], cfg: SynVIConfig) -> dict[int, Identity]:
     """Draw every identity, then pair some into colour twins and shape twins.
 
     Colour twins share all visible colours but not shape; shape twins share all shape cues but
@@ -452,7 +469,7 @@ def build_identities(seed: int, pids: list[int], cfg: SynVIConfig) -> dict[int, 
     docs/synthetic.md).
 
     Args:
-        seed: Tree seed.
+        seed: Tree seed, or a namespaced :data:`StreamRoot`.
         pids: Identity numbers.
         cfg: Resolved parameters.
 
@@ -495,7 +512,7 @@ OUTFIT_STREAM = 1
 
 
 def _dress_from_pool(
-    seed: int, people: dict[int, Identity], cfg: SynVIConfig
+    seed: StreamRoot, people: dict[int, Identity], cfg: SynVIConfig
 ) -> dict[int, Identity]:
     """Replace every identity's garment colours and thermal values by shared outfits.
 
@@ -504,7 +521,7 @@ def _dress_from_pool(
     Skin and hair stay the identity's own.
 
     Args:
-        seed: Tree seed.
+        seed: Tree seed, or a namespaced :data:`StreamRoot`.
         people: Identities with their own appearances.
         cfg: Resolved parameters.
 
@@ -556,12 +573,12 @@ def _scene_colour(rng: np.random.Generator, base: np.ndarray, contrast: float) -
 
 
 def build_scene(
-    seed: int, layout_code: int, key: int, indoor: bool, cfg: SynVIConfig, supersample: int
+    seed: StreamRoot, layout_code: int, key: int, indoor: bool, cfg: SynVIConfig, supersample: int
 ) -> Scene:
     """Draw a camera's background: base regions plus ``cfg.clutter`` objects.
 
     Args:
-        seed: Tree seed.
+        seed: Tree seed, or a namespaced :data:`StreamRoot`.
         layout_code: ``LAYOUT_CODE`` of the layout.
         key: Scene key.
         indoor: Indoor or outdoor scene furniture.
@@ -628,7 +645,7 @@ def build_scene(
 
 
 def build_camera(
-    seed: int,
+    seed: StreamRoot,
     layout_code: int,
     cam: int,
     modalities: tuple[Modality, ...],
@@ -639,7 +656,7 @@ def build_camera(
     """Draw a camera's viewpoint and sensor response (docs/synthetic.md, "Cameras differ").
 
     Args:
-        seed: Tree seed.
+        seed: Tree seed, or a namespaced :data:`StreamRoot`.
         layout_code: ``LAYOUT_CODE`` of the layout.
         cam: Camera number.
         modalities: Modalities it captures.
