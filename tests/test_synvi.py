@@ -363,7 +363,9 @@ def test_infrared_ignores_colour_and_visible_ignores_thermal() -> None:
 
 
 def test_visible_light_changes_visible_images_only() -> None:
-    plain = build_world("sysu", resolve_config("sysu", num_ids=6), seed=0)
+    plain = build_world(
+        "sysu", resolve_config("sysu", num_ids=6, overrides={"illumination": 0.0}), seed=0
+    )
     lit = build_world(
         "sysu", resolve_config("sysu", num_ids=6, overrides={"illumination": 1.0}), seed=0
     )
@@ -409,8 +411,8 @@ def test_thermal_outfit_pool_sets_the_number_of_thermal_outfits_alone() -> None:
     people = build_world("sysu", cfg, seed=0).identities.values()
     assert {p.outfit[0] for p in people} == set(range(3))
     assert {p.outfit[1] for p in people} == set(range(9))
-    # Unset, the thermal pool is as large as the colour pool.
-    cfg = resolve_config("sysu", num_ids=150, overrides=base)
+    # Unset (null), the thermal pool is as large as the colour pool.
+    cfg = resolve_config("sysu", num_ids=150, overrides={**base, "thermal_outfit_pool": None})
     assert {p.outfit[1] for p in build_world("sysu", cfg, seed=0).identities.values()} == {
         0,
         1,
@@ -437,7 +439,8 @@ def test_twins_share_exactly_one_cue() -> None:
 @pytest.mark.parametrize(("table", "which"), [("colours", 0), ("thermal", 1)])
 def test_outfit_pool_dresses_identities_in_shared_outfits(table: str, which: int) -> None:
     pool = 5
-    cfg = resolve_config("sysu", num_ids=120, overrides={"outfit_pool": pool, "twin_fraction": 0})
+    overrides = {"outfit_pool": pool, "thermal_outfit_pool": None, "twin_fraction": 0}
+    cfg = resolve_config("sysu", num_ids=120, overrides=overrides)
     people = list(build_world("sysu", cfg, seed=0).identities.values())
     outfit = np.array([p.outfit[which] for p in people])
     assert set(outfit.tolist()) == set(range(pool))
@@ -454,7 +457,8 @@ def test_outfit_pool_dresses_identities_in_shared_outfits(table: str, which: int
 
 
 def test_outfit_colours_and_intensities_are_drawn_independently() -> None:
-    cfg = resolve_config("sysu", num_ids=200, overrides={"outfit_pool": 4, "twin_fraction": 0})
+    overrides = {"outfit_pool": 4, "thermal_outfit_pool": None, "twin_fraction": 0}
+    cfg = resolve_config("sysu", num_ids=200, overrides=overrides)
     people = build_world("sysu", cfg, seed=0).identities.values()
     pairs = {p.outfit for p in people}
     # 200 independent draws of (colour, thermal) from 4 x 4: every combination occurs, so a

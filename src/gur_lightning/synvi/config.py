@@ -170,9 +170,9 @@ PRESET_KNOBS: dict[str, dict[str, Any]] = {
     "default": {
         "cue_rate": 0.9,
         "twin_fraction": 0.1,
-        "thermal_material_tie": 0.6,
+        "thermal_material_tie": 0.2,
         "outfit_pool": 4,
-        "thermal_spread": 1.0,
+        "thermal_spread": 2.5,
         "clutter": 4,
         "clutter_contrast": 0.4,
         "camera_bias": 0.4,
@@ -183,6 +183,8 @@ PRESET_KNOBS: dict[str, dict[str, Any]] = {
         "occlusion": 0.1,
         "pose_jitter": 1.0,
         "brightness_jitter": 0.1,
+        "illumination": 1.0,
+        "thermal_outfit_pool": 32,
     },
     "hard": {
         "cue_rate": 0.55,
