@@ -461,10 +461,10 @@ def test_multirun_jobs_get_their_overrides_as_wandb_name(tmp_path):
             with open_dict(cfg):
                 cfg.hydra.job.override_dirname = "cluster.eps=0.5"
             HydraConfig.instance().set_config(cfg)
-            assert lg._multirun_name() == expected
+            assert lg.multirun_job_name() == expected
     finally:
         HydraConfig.instance().cfg = None
-    assert lg._multirun_name() is None  # outside Hydra
+    assert lg.multirun_job_name() is None  # outside Hydra
 
 
 @pytest.mark.slow
