@@ -163,7 +163,8 @@ class _PendingCandidates:
     Re-sorting a row's pool costs the same whether one or ten candidates arrive, so merging
     after every block makes the pool upkeep dominate at large N (49 blocks per row at 100k).
     Candidates are filtered against the thresholds known when their block is scanned (a stale,
-    lower threshold only lets a few more through) and merged once :data:`FLUSH_ENTRIES` pile up.
+    lower threshold only lets a few more through) and merged once ``flush_entries`` pile up
+    (the CPU engine passes max(:data:`FLUSH_ENTRIES_MIN`, :data:`FLUSH_ENTRIES_PER_ROW` x N)).
     """
 
     def __init__(self, pool: CandidatePool, flush_entries: int) -> None:
