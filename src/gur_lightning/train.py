@@ -264,7 +264,7 @@ def multirun_ddp_problem(
 
     Lightning's default DDP launcher re-executes ``sys.argv`` once per extra device. Under a
     Hydra multirun that command is the whole sweep, so every child starts the sweep again
-    (Lightning issue #11300, docs/architecture.md §10.7). Safe: single runs, one device per job,
+    (docs/architecture.md §10.7). Safe: single runs, one device per job,
     in-process start methods (``spawn``/``fork``: ``trainer=ddp_cpu``), and processes created
     outside Lightning (torchrun, SLURM, Hydra's submitit launcher).
 
