@@ -23,8 +23,8 @@ from gur_lightning.callbacks.recluster import Reclustering
 from gur_lightning.data.datamodule import VIReIDDataModule
 from gur_lightning.evaluation import evaluate_splits, protocol_splits
 from gur_lightning.train import (
-    _guard_multirun_ddp,
     build_trainer_kwargs,
+    guard_multirun_ddp,
     launch_local_rank,
     model_featurizer,
     multirun_ddp_problem,
@@ -86,9 +86,9 @@ def test_multirun_guard_reads_hydra_mode(tmp_path, monkeypatch):
             HydraConfig.instance().set_config(cfg)
             if refused:
                 with pytest.raises(ValueError, match="Lightning issue #11300"):
-                    _guard_multirun_ddp(cfg)
+                    guard_multirun_ddp(cfg)
             else:
-                _guard_multirun_ddp(cfg)  # a single run is fine
+                guard_multirun_ddp(cfg)  # a single run is fine
     finally:
         HydraConfig.instance().cfg = None
 

@@ -37,9 +37,9 @@ from gur_lightning.schedule import build_phases
 from gur_lightning.train import CONF_DIR, build_datamodule, model_featurizer, train
 from gur_lightning.utils import loggers as lg
 from gur_lightning.visualize import (
-    _MARGIN,
     CORRECT_COLOUR,
     FRAME,
+    MARGIN,
     QUERY_COLOUR,
     SERIES_COLOURS,
     TILE_HEIGHT,
@@ -192,24 +192,24 @@ def test_draw_ranking_frames_and_tiles(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         img = draw_ranking([ranking, ranking])
     assert "missing.jpg" in caplog.text  # the unreadable file is named, a placeholder drawn
-    cell_w = TILE_WIDTH + 2 * FRAME + _MARGIN
-    assert img.width == _MARGIN + 4 * cell_w + _MARGIN
-    top = _MARGIN  # no title
+    cell_w = TILE_WIDTH + 2 * FRAME + MARGIN
+    assert img.width == MARGIN + 4 * cell_w + MARGIN
+    top = MARGIN  # no title
     px = img.load()
     cell_h = (img.height - top) // 2
     for r in range(2):
         y = top + r * cell_h
         # Query: blue frame at (x=M, y), the query's own pixels inside.
-        assert px[_MARGIN + 1, y + 1] == QUERY_COLOUR
-        assert px[_MARGIN + FRAME + TILE_WIDTH // 2, y + FRAME + TILE_HEIGHT // 2] == (10, 20, 30)
+        assert px[MARGIN + 1, y + 1] == QUERY_COLOUR
+        assert px[MARGIN + FRAME + TILE_WIDTH // 2, y + FRAME + TILE_HEIGHT // 2] == (10, 20, 30)
         expected = [(CORRECT_COLOUR, (200, 200, 0)), (WRONG_COLOUR, (0, 200, 200))]
         expected.append((WRONG_COLOUR, (200, 200, 200)))  # placeholder tile
         for j, (frame, inside) in enumerate(expected):
-            x = _MARGIN + (j + 1) * cell_w + _MARGIN
+            x = MARGIN + (j + 1) * cell_w + MARGIN
             assert px[x + 1, y + 1] == frame
             assert px[x + FRAME + TILE_WIDTH // 2, y + FRAME + TILE_HEIGHT // 2] == inside
         # The gap between the query column and the first gallery tile stays background.
-        assert px[_MARGIN + cell_w + _MARGIN // 2, y + 1] == (255, 255, 255)
+        assert px[MARGIN + cell_w + MARGIN // 2, y + 1] == (255, 255, 255)
     with pytest.raises(ValueError, match="no rankings"):
         draw_ranking([])
 
@@ -461,10 +461,10 @@ def test_multirun_jobs_get_their_overrides_as_wandb_name(tmp_path):
             with open_dict(cfg):
                 cfg.hydra.job.override_dirname = "cluster.eps=0.5"
             HydraConfig.instance().set_config(cfg)
-            assert lg._multirun_name() == expected
+            assert lg.multirun_job_name() == expected
     finally:
         HydraConfig.instance().cfg = None
-    assert lg._multirun_name() is None  # outside Hydra
+    assert lg.multirun_job_name() is None  # outside Hydra
 
 
 @pytest.mark.slow
@@ -569,7 +569,7 @@ def test_pictures_of_a_training_run(smoke_csv, tmp_path):
     assert sizes == {(640, 400)}
     # Ranking picture: the query column plus the top 10 (the indoor gallery may be smaller).
     width = Image.open(run / "pictures" / "ranking_sysu_all.png").width
-    assert width == _MARGIN + 11 * (TILE_WIDTH + 2 * FRAME + _MARGIN) + _MARGIN
+    assert width == MARGIN + 11 * (TILE_WIDTH + 2 * FRAME + MARGIN) + MARGIN
     # The same drawing from the saved history gives identical curves.
     history = json.loads((run / "clustering_history.json").read_text())
     redrawn = ClusterQualityPictures(tmp_path, history=history).draw(_fake_trainer(tmp_path))

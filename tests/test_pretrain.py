@@ -245,7 +245,7 @@ def test_a_damaged_entry_is_rebuilt(tmp_path):
     assert path.stat().st_size == size
 
 
-@pytest.mark.parametrize("where", ["train_pretrained_start", "_install"])
+@pytest.mark.parametrize("where", ["train_pretrained_start", "install_entry"])
 def test_an_interrupted_build_leaves_nothing(tmp_path, monkeypatch, where):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

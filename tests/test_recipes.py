@@ -112,41 +112,64 @@ def _labelled(num_ids: int, per_id: int = 4, modality: str = "infrared") -> Labe
 
 
 def _dm(**kwargs) -> VIReIDDataModule:
-    kwargs = {"seed": 1, "bn_replicas": 1, **kwargs}
+    kwargs = {"seed": 1, "bn_replicas": 1, "num_workers": 0, **kwargs}
     return VIReIDDataModule("sysu", "/nowhere", num_instances=2, **kwargs)
+
+
+def _installed_loaders(
+    dm: VIReIDDataModule, visible: LabelledSet, infrared: LabelledSet, num_batches: int = 1
+) -> dict:
+    """Install a phase's labels as the callback does; this rank's loaders by modality."""
+    dm.set_pseudo_labels(visible, infrared, num_batches=num_batches, phase_index=0)
+    return dict(dm.train_dataloader().iterables)
+
+
+def _rank_batches(dm: VIReIDDataModule, visible: LabelledSet, infrared: LabelledSet) -> dict:
+    """Images per batch of this rank's visible and infrared loaders."""
+    return {
+        m: loader.batch_size for m, loader in _installed_loaders(dm, visible, infrared).items()
+    }
 
 
 @pytest.mark.parametrize(("world", "expected"), [(1, 16), (2, 8), (4, 4), (8, 2)])
 def test_each_rank_takes_its_share_of_the_global_batch(monkeypatch, world, expected):
     monkeypatch.setattr(dm_module, "get_world_size", lambda: world)
-    dm = _dm(infrared_batch_size=16)
-    assert dm._phase_batch_size(_labelled(64), "infrared", 16, 0) == expected
+    dm = _dm(visible_batch_size=16, infrared_batch_size=16)
+    batches = _rank_batches(dm, _labelled(64, modality="visible"), _labelled(64))
+    assert batches["infrared"] == expected
 
 
 def test_a_global_batch_that_does_not_divide_is_refused(monkeypatch):
     monkeypatch.setattr(dm_module, "get_world_size", lambda: 3)
+    # The visible batch divides (3 shards x 2); the infrared one does not.
+    dm = _dm(visible_batch_size=12, infrared_batch_size=16)
     with pytest.raises(
         ValueError, match=r"data.infrared_batch_size=16 is the global batch: .*3 x 2"
     ):
-        _dm()._phase_batch_size(_labelled(64), "infrared", 16, 0)
+        _rank_batches(dm, _labelled(64, modality="visible"), _labelled(64))
     monkeypatch.setattr(dm_module, "get_world_size", lambda: 2)
+    dm = _dm(bn_replicas=3, visible_batch_size=16, infrared_batch_size=16)
     with pytest.raises(ValueError, match=r"model.bn_replicas=3 is not a multiple of the 2"):
-        _dm(bn_replicas=3)._phase_batch_size(_labelled(64), "infrared", 16, 0)
+        _rank_batches(dm, _labelled(64, modality="visible"), _labelled(64))
 
 
 def test_a_shrunk_batch_keeps_the_replica_chunks_equal(monkeypatch):
     monkeypatch.setattr(dm_module, "get_world_size", lambda: 1)
+    visible, infrared = _labelled(7, modality="visible"), _labelled(7)
     # 7 infrared clusters for P = 8: without replicas the batch is 7 x 2 ...
-    assert _dm()._phase_batch_size(_labelled(7), "infrared", 16, 0) == 14
+    batches = _rank_batches(_dm(visible_batch_size=16, infrared_batch_size=16), visible, infrared)
+    assert batches["infrared"] == 14
     # ... with 4 replicas of 2-image identities P must be even: 6 x 2 (3 rows per replica).
-    assert _dm(bn_replicas=4)._phase_batch_size(_labelled(7), "infrared", 16, 0) == 12
+    dm = _dm(bn_replicas=4, visible_batch_size=16, infrared_batch_size=16)
+    batches = _rank_batches(dm, visible, infrared)
+    assert batches["infrared"] == 12
     # Visible rows hold two views: 7 identities x 2 images x 2 views = 28 rows split into 4.
-    assert _dm(bn_replicas=4)._phase_batch_size(_labelled(7), "visible", 16, 0) == 14
+    assert batches["visible"] == 14
 
 
 def test_paired_ranks_hold_the_two_views_of_the_same_visible_images(monkeypatch):
     # R = 4 on 4 processes: one replica per rank, so ranks r and r + 2 share visible images.
-    dm = _dm(visible_batch_size=8, infrared_batch_size=8, bn_replicas=4, num_workers=0)
+    dm = _dm(visible_batch_size=8, infrared_batch_size=8, bn_replicas=4)
     monkeypatch.setattr(dm_module, "get_world_size", lambda: 4)
     assert [dm.visible_layout(r, 4) for r in range(4)] == [
         (0, 2, 1),
@@ -157,12 +180,14 @@ def test_paired_ranks_hold_the_two_views_of_the_same_visible_images(monkeypatch)
     drawn, datasets = {}, {}
     for rank in range(4):
         monkeypatch.setattr(dm_module, "get_rank", lambda rank=rank: rank)
-        dm.set_pseudo_labels(
-            _labelled(16, modality="visible"), _labelled(16), num_batches=3, phase_index=0
+        loaders = _installed_loaders(
+            dm, _labelled(16, modality="visible"), _labelled(16), num_batches=3
         )
         # Per rank: 8 visible images over 2 shards (one view each), 8 infrared over 4 ranks.
-        assert dm._batch_sizes == {"visible": 4, "infrared": 2}
-        loaders = {m: dm._train_loader(m, rank) for m in ("visible", "infrared")}
+        assert {m: loader.batch_size for m, loader in loaders.items()} == {
+            "visible": 4,
+            "infrared": 2,
+        }
         drawn[rank] = {m: list(loader.sampler) for m, loader in loaders.items()}
         datasets[rank] = loaders["visible"].dataset
     assert (

@@ -15,7 +15,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from gur_lightning.callbacks.recluster import Reclustering, ResumeError
+from gur_lightning.callbacks.recluster import Reclustering, ResumeError, check_fingerprint
 from gur_lightning.train import train
 from tests.helpers import smoke_config
 
@@ -101,15 +101,15 @@ def test_resume_refuses_a_checkpoint_of_another_schedule(one_phase, tmp_path, ov
 
 
 def test_resume_refuses_a_checkpoint_of_other_data():
-    callback = Reclustering([])
     data = {"name": "sysu", "trial": 0, "num_visible": 10, "num_infrared": 8, "digest": "ab"}
-    callback._fingerprint = {"num_phases": 0, "schedule": "s", "data": data}
+    current = {"num_phases": 0, "schedule": "s", "data": data}
     other = {**data, "num_visible": 12, "digest": "cd"}
     state = {"fingerprint": {"num_phases": 0, "schedule": "s", "data": other}, "experiment": "x"}
     with pytest.raises(ResumeError, match="training data .*'num_visible': 12"):
-        callback._check_fingerprint(state, "some.ckpt")
+        check_fingerprint(state, current, experiment="none", ckpt="some.ckpt")
     state["fingerprint"]["data"] = dict(data)
-    callback._check_fingerprint(state, "some.ckpt")  # same data and schedule: accepted
+    # Same data and schedule: accepted.
+    check_fingerprint(state, current, experiment="none", ckpt="some.ckpt")
 
 
 def test_resume_refuses_a_mid_phase_checkpoint(one_phase, tmp_path):

@@ -29,8 +29,8 @@ from gur_lightning.train import (
     CONF_DIR,
     RunInterrupted,
     UntrainedRunError,
-    _build_logger,
     build_datamodule,
+    build_logger,
     check_trained_share,
     main,
     train,
@@ -303,13 +303,11 @@ def test_wandb_run_id_is_kept_across_a_resume(tmp_path, monkeypatch):
         "logger=wandb",
         f"ckpt_path={old / 'checkpoints' / 'last.ckpt'}",
     )
-    logger, run_id = _build_logger(resumed)
+    logger, run_id = build_logger(resumed)
     assert run_id == "1a2b3c4d"
     assert (logger.kwargs["id"], logger.kwargs["resume"]) == ("1a2b3c4d", "allow")
 
-    fresh, fresh_id = _build_logger(
-        smoke_config(tmp_path / "data", tmp_path / "f", "logger=wandb")
-    )
+    fresh, fresh_id = build_logger(smoke_config(tmp_path / "data", tmp_path / "f", "logger=wandb"))
     assert fresh.kwargs["id"] == fresh_id and len(fresh_id) == 8 and fresh_id != "1a2b3c4d"
     # Other loggers get nothing; an id set in the config wins.
     assert wandb_resume_kwargs({"_target_": "x.CSVLogger"}, "1a2b3c4d") == ({}, None)

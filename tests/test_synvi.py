@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from gur_lightning.synvi import (
 from gur_lightning.synvi import __main__ as cli
 from gur_lightning.synvi import generate as gen
 from gur_lightning.synvi.grid import GAP, HEADER_H, LABEL_W, render_grid
-from gur_lightning.synvi.render import _Body, _pattern_mask, visible_light
+from gur_lightning.synvi.render import Body, pattern_mask, visible_light
 from gur_lightning.synvi.world import (
     GARMENT_THERMAL_MEAN,
     GARMENT_THERMAL_RANGE,
@@ -149,14 +150,15 @@ def test_other_parameters_regenerate_a_synvi_tree(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]  # no temporary leftovers
 
 
-def test_tree_installed_meanwhile_by_another_process_is_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tree_installed_meanwhile_by_another_process_is_kept(tmp_path: Path) -> None:
     out = generate_synvi("regdb", tmp_path / "shared", **TINY_REGDB)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    # As if this process checked the target before another rank finished installing it.
-    monkeypatch.setattr(gen, "_check_target", lambda *args: False)
-    generate_synvi("regdb", out, **TINY_REGDB)
+    # As if this process had rendered the same tree while another rank installed its own.
+    rendered = tmp_path / ".shared.synvi-tmp-mine"
+    shutil.copytree(out, rendered)
+    (rendered / "rendered_here.txt").write_text("would show up in a replaced tree")
+    digest = json.loads((out / MARKER_NAME).read_text())["hash"]
+    gen.install_tree(rendered, out, digest)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
 
@@ -489,12 +491,12 @@ def test_horizontal_stripes_follow_frequency_and_duty() -> None:
     shape = dataclasses.replace(
         shape, pattern=PATTERN_HSTRIPES, pattern_freq=4, pattern_duty=0.5, pattern_phase=0.0
     )
-    body = _Body(shape)
+    body = Body(shape)
     span = body.hy - body.sy
     # Period span/4: offsets 0.1 and 0.35 of the span are 0.4 and 0.4 periods in (printed);
     # 0.15 and 0.45 are 0.6 and 0.8 periods in (plain).
     v = body.sy + span * np.array([0.1, 0.35, 0.15, 0.45])
-    mask = _pattern_mask(body, VIEW_FRONT, np.zeros(4), v)
+    mask = pattern_mask(body, VIEW_FRONT, np.zeros(4), v)
     assert mask.tolist() == [True, True, False, False]
 
 

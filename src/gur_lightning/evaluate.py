@@ -2,14 +2,15 @@
 
     python -m gur_lightning.evaluate +experiment=sysu data.root=/data/SYSU-MM01 ckpt=PATH
     python -m gur_lightning.evaluate +experiment=synvi features=raw_pixels
-    python -m gur_lightning.evaluate +experiment=synvi features=untrained
+    python -m gur_lightning.evaluate +experiment=synvi features=untrained  # pretrained start
     python -m gur_lightning.evaluate +experiment=synvi features=untrained \
-        model.backbone.pretrained=synvi
+        model.backbone.pretrained=null  # random weights
 
 ``features`` chooses what is evaluated: ``model`` (a trained checkpoint, ``ckpt=`` required),
 ``untrained`` (the configured network at its initialisation, seeded: random weights, or with
-``model.backbone.pretrained`` set the pretrained start, e.g. ``model.backbone.pretrained=synvi``,
-the SynVI stand-in for ImageNet, labelled "pretrained start, no training") or ``raw_pixels`` (the
+``model.backbone.pretrained`` set the pretrained start, e.g. ``model.backbone.pretrained=synvi``
+(what ``+experiment=synvi`` sets), the SynVI stand-in for ImageNet, labelled "pretrained start,
+no training") or ``raw_pixels`` (the
 eval-resized image flattened and L2-normalised: the floor of a benchmark). The protocols are those
 of docs/method.md §13: SYSU-MM01 all- and indoor-search over ten gallery draws, RegDB both
 directions for the configured trial, LLCM both directions over ten draws. The table (mean ± std) is

@@ -293,8 +293,17 @@ def _is_complete(folder: Path, digest: str) -> bool:
     )
 
 
-def _install(tmp: Path, out: Path, digest: str) -> None:
-    """Move the finished entry ``tmp`` to ``out``; a concurrent identical entry wins."""
+def install_entry(tmp: Path, out: Path, digest: str) -> None:
+    """Move the finished entry ``tmp`` to ``out``; a concurrent identical entry wins.
+
+    Args:
+        tmp: The finished entry (weights and marker), a sibling folder of ``out``.
+        out: The cache entry's folder (:func:`entry_dir`).
+        digest: The entry's parameter hash, as its marker records it.
+
+    Raises:
+        FileExistsError: ``out`` exists and is not an entry of ours.
+    """
     if _is_complete(out, digest):
         # Another process (another node's rank 0) finished first: keep its entry.
         shutil.rmtree(tmp, ignore_errors=True)
@@ -360,7 +369,7 @@ def ensure_pretrained_start(
             **figures,
         }
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
-        _install(tmp, out, digest)
+        install_entry(tmp, out, digest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

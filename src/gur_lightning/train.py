@@ -264,7 +264,7 @@ def multirun_ddp_problem(
 
     Lightning's default DDP launcher re-executes ``sys.argv`` once per extra device. Under a
     Hydra multirun that command is the whole sweep, so every child starts the sweep again
-    (Lightning issue #11300, docs/architecture.md §10.7). Safe: single runs, one device per job,
+    (docs/architecture.md §10.7). Safe: single runs, one device per job,
     in-process start methods (``spawn``/``fork``: ``trainer=ddp_cpu``), and processes created
     outside Lightning (torchrun, SLURM, Hydra's submitit launcher).
 
@@ -296,8 +296,14 @@ def multirun_ddp_problem(
     )
 
 
-def _guard_multirun_ddp(cfg: DictConfig) -> None:
-    """Refuse Hydra multirun with subprocess-launched DDP (Lightning issue #11300).
+def guard_multirun_ddp(cfg: DictConfig) -> None:
+    """Refuse Hydra multirun with subprocess-launched DDP (docs/architecture.md §10.7).
+
+    Reads the run mode and launcher from Hydra's config; outside Hydra (a test calling
+    :func:`train` directly) there is nothing to refuse.
+
+    Args:
+        cfg: The run config (its ``trainer`` group is checked).
 
     Raises:
         ValueError: With the message of :func:`multirun_ddp_problem`.
@@ -786,7 +792,7 @@ def _train(
 ) -> dict[str, float]:
     """The body of :func:`train`."""
     validate_config(cfg)
-    _guard_multirun_ddp(cfg)
+    guard_multirun_ddp(cfg)
     dev_run = fast_dev_run_steps(cfg) > 0
     cfg = fast_dev_run_config(cfg)
     # A resume file must be one of our checkpoints, loaded as data: refused before anything runs.
@@ -813,7 +819,7 @@ def _train(
     recluster = build_reclustering(cfg, phases)
     trainer_kwargs = build_trainer_kwargs(cfg)
     callbacks = build_callbacks(cfg, phases, recluster, stopper, extra=extra_callbacks)
-    logger, wandb_run_id = _build_logger(cfg)
+    logger, wandb_run_id = build_logger(cfg)
     _record_start(cfg, output_dir, wandb_run_id)
     log_run_config(logger, run_config(cfg))
     try:
@@ -825,11 +831,14 @@ def _train(
         finish_loggers(logger or None)
 
 
-def _build_logger(cfg: DictConfig) -> tuple[Any, str | None]:
-    """The run's logger; a resumed run continues the interrupted run's record.
+def build_logger(cfg: DictConfig) -> tuple[Any, str | None]:
+    """The run's logger (``cfg.logger``); a resumed run continues the interrupted run's record.
 
     CSV: ``metrics.csv`` continues (:func:`gur_lightning.utils.loggers.continue_csv_record`).
     W&B: the interrupted run's id (from its ``status.json``) with ``resume="allow"``.
+
+    Args:
+        cfg: The run config; ``ckpt_path`` names the checkpoint of a resumed run.
 
     Returns:
         ``(logger or False, the W&B run id or None)``.

@@ -73,7 +73,8 @@ FRAME: int = 4
 #: Default chart size (width, height) in pixels.
 CHART_SIZE: tuple[int, int] = (640, 400)
 _FONT_SIZE = 12
-_MARGIN = 8
+#: Blank border of the pictures and gap between their cells, in pixels.
+MARGIN: int = 8
 
 
 def _font(size: int = _FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -262,30 +263,30 @@ def draw_ranking(
     font = _font()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     caption = _text_size(probe, "Q 10", font)[1] + 4
-    cell_w = tile_width + 2 * FRAME + _MARGIN
-    cell_h = tile_height + 2 * FRAME + caption + _MARGIN
-    top = _MARGIN + (caption + _MARGIN if title else 0)
+    cell_w = tile_width + 2 * FRAME + MARGIN
+    cell_h = tile_height + 2 * FRAME + caption + MARGIN
+    top = MARGIN + (caption + MARGIN if title else 0)
     columns = 1 + max(len(r.gallery) for r in rankings)
     # One extra margin separates the query column from the gallery columns.
-    width = _MARGIN + columns * cell_w + _MARGIN
+    width = MARGIN + columns * cell_w + MARGIN
     height = top + len(rankings) * cell_h
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text((_MARGIN, _MARGIN), title, fill=_INK, font=font)
+        draw.text((MARGIN, MARGIN), title, fill=_INK, font=font)
     for r, ranking in enumerate(rankings):
         y = top + r * cell_h
         _framed_tile(
-            canvas, draw, ranking.query.path, _MARGIN, y, tile_width, tile_height, QUERY_COLOUR
+            canvas, draw, ranking.query.path, MARGIN, y, tile_width, tile_height, QUERY_COLOUR
         )
         draw.text(
-            (_MARGIN, y + tile_height + 2 * FRAME + 1),
+            (MARGIN, y + tile_height + 2 * FRAME + 1),
             f"Q id {ranking.query.pid}",
             fill=_INK,
             font=font,
         )
         for j, (sample, ok) in enumerate(zip(ranking.gallery, ranking.correct, strict=True)):
-            x = _MARGIN + (j + 1) * cell_w + _MARGIN
+            x = MARGIN + (j + 1) * cell_w + MARGIN
             colour = CORRECT_COLOUR if ok else WRONG_COLOUR
             _framed_tile(canvas, draw, sample.path, x, y, tile_width, tile_height, colour)
             draw.text((x, y + tile_height + 2 * FRAME + 1), f"{j + 1}", fill=colour, font=font)
@@ -431,11 +432,11 @@ def line_chart(
     label_w = max(_text_size(draw, _tick_label(t), font)[0] for t in y_ticks)
     legend_w = max(_text_size(draw, name, font)[0] for name in clean) + 30
     axes = _Axes(
-        left=_MARGIN + label_w + 6,
+        left=MARGIN + label_w + 6,
         # Title and y label above the plot, and room for half of the top tick label.
-        top=_MARGIN + 2 * (text_h + 6) + text_h,
-        right=width - _MARGIN - legend_w - _MARGIN,
-        bottom=height - _MARGIN - 2 * (text_h + 6),
+        top=MARGIN + 2 * (text_h + 6) + text_h,
+        right=width - MARGIN - legend_w - MARGIN,
+        bottom=height - MARGIN - 2 * (text_h + 6),
         x_lo=x_lo,
         x_hi=x_hi,
         y_lo=y_lo,
@@ -444,9 +445,9 @@ def line_chart(
     if axes.right - axes.left < 20 or axes.bottom - axes.top < 20:
         raise ValueError(f"line_chart {title!r}: size {size} leaves no room for the plot")
     if title:
-        draw.text((_MARGIN, _MARGIN), title, fill=_INK, font=font)
+        draw.text((MARGIN, MARGIN), title, fill=_INK, font=font)
     if ylabel:
-        draw.text((_MARGIN, _MARGIN + text_h + 6), ylabel, fill=_INK, font=font)
+        draw.text((MARGIN, MARGIN + text_h + 6), ylabel, fill=_INK, font=font)
     for t in y_ticks:
         _, py = axes.px(x_lo, t)
         draw.line((axes.left, py, axes.right, py), fill=_GRID)
@@ -461,7 +462,7 @@ def line_chart(
     if xlabel:
         tw, _ = _text_size(draw, xlabel, font)
         draw.text(
-            ((axes.left + axes.right - tw) / 2, height - _MARGIN - text_h - 2),
+            ((axes.left + axes.right - tw) / 2, height - MARGIN - text_h - 2),
             xlabel,
             fill=_INK,
             font=font,
@@ -474,7 +475,7 @@ def line_chart(
         for px, py in pixels:
             draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
         ly = axes.top + k * (text_h + 8) + 4
-        lx = axes.right + _MARGIN
+        lx = axes.right + MARGIN
         draw.line((lx, ly + text_h / 2, lx + 20, ly + text_h / 2), fill=colour, width=3)
         draw.text((lx + 26, ly), name, fill=_INK, font=font)
     return canvas

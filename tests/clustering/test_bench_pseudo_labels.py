@@ -25,7 +25,7 @@ def test_benchmark_record_small(capsys):
 
 
 def test_default_args_parse():
-    parser = pseudo_labels._parser()
+    parser = pseudo_labels.build_parser()
     for argv in pseudo_labels.DEFAULT_ARGS:
         assert parser.parse_args(argv).n >= 10_000
 
@@ -44,6 +44,6 @@ def test_benchmark_reports_the_kernels_it_ran(capsys):
     auto_run = pseudo_labels.main(["--n", "300", "--dim", "16", "--skip-baseline"])
     capsys.readouterr()
     assert numpy_run["kernels"] == "numpy" and numpy_run["identical"] is True
-    from gur_lightning.clustering.knn.backends import _load_compiled_kernels
+    from gur_lightning.clustering.knn.backends import load_compiled_kernels
 
-    assert auto_run["kernels"] == ("numpy" if _load_compiled_kernels() is None else "numba")
+    assert auto_run["kernels"] == ("numpy" if load_compiled_kernels() is None else "numba")

@@ -16,10 +16,10 @@ from gur_lightning.clustering.jaccard import (
     similarity_threshold,
 )
 from gur_lightning.clustering.knn import exact_knn
-from gur_lightning.clustering.knn.backends import _load_compiled_kernels
+from gur_lightning.clustering.knn.backends import load_compiled_kernels
 from tests.clustering.reference import reference_jaccard
 
-KERNELS = _load_compiled_kernels()
+KERNELS = load_compiled_kernels()
 needs_numba = pytest.mark.skipif(KERNELS is None, reason="numba kernels unavailable")
 KERNEL_CHOICES = ["numpy", pytest.param("numba", marks=needs_numba)]
 

@@ -1,3 +1,7 @@
+import builtins
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -8,12 +12,12 @@ from gur_lightning.clustering.knn import (
     faiss_available,
     resolve_kernels,
 )
-from gur_lightning.clustering.knn import backends as knn_backends
-from gur_lightning.clustering.knn import engines as knn_engines
-from gur_lightning.clustering.knn.pool import RANK_MERGE_WIDTH, _Pool
+from gur_lightning.clustering.knn.backends import load_compiled_kernels
+from gur_lightning.clustering.knn.engines import blocked_cpu_pool, chunked_gpu_pool
+from gur_lightning.clustering.knn.pool import RANK_MERGE_WIDTH, CandidatePool
 from tests.clustering.reference import reference_knn
 
-KERNELS = knn_backends._load_compiled_kernels()
+KERNELS = load_compiled_kernels()
 needs_numba = pytest.mark.skipif(KERNELS is None, reason="numba kernels unavailable")
 SCAN_ENGINES = ["numpy", pytest.param("numba", marks=needs_numba)]
 
@@ -103,11 +107,11 @@ def test_low_precision_proposals_are_certified_exact(proposal):
 
 
 def test_int8_proposal_bound_holds():
-    from gur_lightning.clustering.knn.products import _ProposalProduct
+    from gur_lightning.clustering.knn.products import ProposalProduct
 
     x = torch.from_numpy(_clustered(200, 64, seed=6) * 3.0)
     norms = (x * x).sum(1).numpy()
-    product = _ProposalProduct(x, torch.int8)
+    product = ProposalProduct(x, torch.int8)
     approx = product.block(0, 200, 0, 200, torch.empty(200, 200))
     exact = (x.double() @ x.double().t()).numpy()
     err = 2 * np.abs(approx - exact).max(axis=1)
@@ -148,8 +152,8 @@ def test_row_chunk_engine_matches_blocked_engine():
     # The GPU engine (row chunks + topk) is device-agnostic: run it on CPU tensors here.
     x = _clustered(500, 16, seed=8)
     norms = (x * x).sum(1)
-    chunked = knn_engines._chunked_gpu_pool(torch.from_numpy(x), 39, None)
-    blocked = knn_engines._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 128, None)
+    chunked = chunked_gpu_pool(torch.from_numpy(x), 39, None)
+    blocked = blocked_cpu_pool(torch.from_numpy(x), norms, 39, 128, None)
     for i in range(500):
         assert set(chunked.idx[i, :31].tolist()) == set(blocked.idx[i, :31].tolist())
     np.testing.assert_allclose(chunked.key, blocked.key, atol=1e-5)
@@ -176,9 +180,9 @@ def test_pipelined_workers_give_the_serial_result(threads, kernels):
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        serial = knn_engines._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
+        serial = blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
         torch.set_num_threads(threads)
-        pooled = knn_engines._blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
+        pooled = blocked_cpu_pool(torch.from_numpy(x), norms, 39, 64, None, compiled)
         assert torch.get_num_threads() == threads  # the caller's thread count is restored
         res = exact_knn(
             x, 30, boundaries=(6, 16, 30), options=KnnOptions(block_size=64, kernels=kernels)
@@ -195,7 +199,7 @@ def test_pool_merge_is_a_stable_cut_with_ties(max_per_row: int) -> None:
     """Rank merges against a plain per-row list: stable sort by descending key, cut at depth."""
     rng = np.random.default_rng(max_per_row)
     n, depth = 40, 6
-    pool = _Pool(n, depth)
+    pool = CandidatePool(n, depth)
     kept: list[list[tuple[float, int, float]]] = [[] for _ in range(n)]
     next_col = 0
     for _ in range(12):
@@ -247,8 +251,8 @@ def test_compiled_scan_keeps_the_exact_top_keys_like_the_numpy_scan(n, block, de
     x = _integer_points(n, 5, seed=n)
     norms = (x * x).sum(1)
     xt = torch.from_numpy(x)
-    compiled = knn_engines._blocked_cpu_pool(xt, norms, depth, block, None, KERNELS)
-    plain = knn_engines._blocked_cpu_pool(xt, norms, depth, block, None, None)
+    compiled = blocked_cpu_pool(xt, norms, depth, block, None, KERNELS)
+    plain = blocked_cpu_pool(xt, norms, depth, block, None, None)
     np.testing.assert_array_equal(compiled.idx, plain.idx)
     np.testing.assert_array_equal(compiled.key, plain.key)
     np.testing.assert_array_equal(compiled.dot, plain.dot)
@@ -285,22 +289,13 @@ def test_compiled_scan_reads_non_contiguous_blocks_and_short_edges():
     assert _sets_equal(res_numba.indices, reference_knn(x, 30), (6, 16, 30))
 
 
-def test_kernels_choice_and_fallback(monkeypatch, caplog):
-    with pytest.raises(ValueError, match="kernels must be 'auto', 'numba' or 'numpy'"):
-        exact_knn(_clustered(20, 4), 3, options=KnnOptions(kernels="cython"))
-    assert resolve_kernels("numpy") is None
-    # Without numba, "auto" falls back to numpy and an explicit "numba" says what to do.
-    monkeypatch.setattr(knn_backends, "_load_compiled_kernels", lambda: None)
-    assert resolve_kernels("auto") is None
-    with pytest.raises(ValueError, match="pip install numba"):
-        resolve_kernels("numba")
-    x = _clustered(100, 8, seed=1)
-    np.testing.assert_array_equal(exact_knn(x, 10).indices, reference_knn(x, 10)[:, :10])
+@contextlib.contextmanager
+def _kernels_unimportable() -> Iterator[None]:
+    """Inside: importing the numba kernels fails as it does without numba.
 
-
-def test_kernel_import_failure_is_logged_once(monkeypatch, caplog):
-    import builtins
-
+    The loader's cache is emptied on entry and on exit, so the failure is seen inside and the
+    real kernels are back afterwards.
+    """
     real_import = builtins.__import__
 
     def no_kernels(name, globals=None, locals=None, fromlist=(), level=0):
@@ -308,32 +303,48 @@ def test_kernel_import_failure_is_logged_once(monkeypatch, caplog):
             raise ImportError("No module named 'numba'")
         return real_import(name, globals, locals, fromlist, level)
 
-    loader = knn_backends._load_compiled_kernels
-    loader.cache_clear()
-    monkeypatch.setattr(builtins, "__import__", no_kernels)
+    load_compiled_kernels.cache_clear()
     try:
-        with caplog.at_level("WARNING"):
-            assert loader() is None
-            assert loader() is None
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(builtins, "__import__", no_kernels)
+            yield
     finally:
-        monkeypatch.undo()
-        loader.cache_clear()
+        load_compiled_kernels.cache_clear()
+
+
+def test_kernels_choice_and_fallback():
+    with pytest.raises(ValueError, match="kernels must be 'auto', 'numba' or 'numpy'"):
+        exact_knn(_clustered(20, 4), 3, options=KnnOptions(kernels="cython"))
+    assert resolve_kernels("numpy") is None
+    # Without numba, "auto" falls back to numpy and an explicit "numba" says what to do.
+    x = _clustered(100, 8, seed=1)
+    with _kernels_unimportable():
+        assert resolve_kernels("auto") is None
+        with pytest.raises(ValueError, match="pip install numba"):
+            resolve_kernels("numba")
+        np.testing.assert_array_equal(exact_knn(x, 10).indices, reference_knn(x, 10)[:, :10])
+
+
+def test_kernel_import_failure_is_logged_once(caplog):
+    with _kernels_unimportable(), caplog.at_level("WARNING"):
+        assert load_compiled_kernels() is None
+        assert load_compiled_kernels() is None
     messages = [r.getMessage() for r in caplog.records if "numba kernels" in r.getMessage()]
     assert len(messages) == 1 and "No module named 'numba'" in messages[0]
-    assert loader() is KERNELS
+    assert load_compiled_kernels() is KERNELS
 
 
 @pytest.mark.parametrize("size", [512, 1100, 2048])
 def test_diagonal_block_multiplied_as_a_recursive_triangle(size):
     """Blocks of 512+ rows are split into triangles: the result is the full product, exactly
     symmetric (every lower quarter is a transpose), and the strided buffer view is honoured."""
-    from gur_lightning.clustering.knn.products import MIN_DIAGONAL_SPLIT, _ProposalProduct
+    from gur_lightning.clustering.knn.products import MIN_DIAGONAL_SPLIT, ProposalProduct
 
     assert size >= 2 * MIN_DIAGONAL_SPLIT  # the split path, not one plain product
     rng = np.random.default_rng(size)
     # Small integers: every float32 product is exact, so the comparison can be exact too.
     x = torch.from_numpy(rng.integers(-3, 4, size=(size + 7, 6)).astype(np.float32))
-    product = _ProposalProduct(x, None)
+    product = ProposalProduct(x, None)
     buf = torch.full((2048, 2048), np.nan)
     g = product.diagonal(5, 5 + size, buf)
     expect = (x[5 : 5 + size].double() @ x[5 : 5 + size].double().t()).numpy()

@@ -40,10 +40,15 @@ def _module(root, augment) -> VIReIDDataModule:
     return dm
 
 
+def _train_datasets(dm: VIReIDDataModule) -> dict:
+    """The phase's training data sets by modality, as ``train_dataloader`` hands them out."""
+    return {m: loader.dataset for m, loader in dm.train_dataloader().iterables.items()}
+
+
 def test_augmentations_switched_off_leave_the_eval_view(tmp_path):
     """pad 0, no flip, no erasing: visible view 1 is the plain resized, normalised image."""
     dm = _module(tmp_path, {"pad": 0, "flip_p": 0.0, "erasing_p": 0.0})
-    dataset = dm._train_loader("visible", rank=0).dataset
+    dataset = _train_datasets(dm)["visible"]
     expected = build_eval_transform(H, W)
     for index in range(4):
         item = dataset[index]
@@ -57,7 +62,7 @@ def test_augmentations_switched_off_leave_the_eval_view(tmp_path):
 def test_default_augmentations_change_the_view(tmp_path):
     """The reference's pad / flip / erasing do move pixels (the test above can fail)."""
     dm = _module(tmp_path, {})
-    dataset = dm._train_loader("visible", rank=0).dataset
+    dataset = _train_datasets(dm)["visible"]
     expected = build_eval_transform(H, W)
     torch.manual_seed(0)
     differs = [
@@ -77,8 +82,8 @@ def test_intensity_remap_reaches_the_infrared_and_second_visible_views(tmp_path)
     off = {"pad": 0, "flip_p": 0.0, "erasing_p": 0.0, "adap_gray_p": 0.0}
     dm = _module(tmp_path, {**off, "intensity_remap_p": 1.0})
     expected = build_eval_transform(H, W)
-    visible = dm._train_loader("visible", rank=0).dataset
-    infrared = dm._train_loader("infrared", rank=0).dataset
+    datasets = _train_datasets(dm)
+    visible, infrared = datasets["visible"], datasets["infrared"]
     torch.manual_seed(0)
     for index in range(2):
         image = read_image(visible.samples[index].path)

@@ -282,7 +282,8 @@ def _fast_in_subprocess(forwarded: list[str], threads: int) -> tuple[dict, np.nd
         return json.loads(out.read_text()), np.load(out.with_suffix(".npy"))
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (every run of :data:`DEFAULT_ARGS` must parse)."""
     p = argparse.ArgumentParser(prog="gur_lightning.bench pseudo_labels", description=__doc__)
     p.add_argument("--n", type=int, required=True, help="number of points")
     p.add_argument("--dim", type=int, default=2048, help="feature dimension (2048)")
@@ -319,7 +320,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print and return one JSON-able record (see the module docstring)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

@@ -172,6 +172,47 @@ class ResumeError(ValueError):
     """A checkpoint that cannot resume this run (another experiment, mid-phase, no state)."""
 
 
+def check_fingerprint(
+    state: Mapping[str, Any],
+    fingerprint: Mapping[str, Any],
+    *,
+    experiment: str,
+    ckpt: str | os.PathLike[str] | None,
+) -> None:
+    """Refuse a checkpoint whose schedule or training data differ from this run's.
+
+    Args:
+        state: The checkpointed :class:`Reclustering` state; its ``fingerprint`` and
+            ``experiment`` are read.
+        fingerprint: This run's fingerprint: ``num_phases``, ``schedule`` (a hash of the
+            expanded phases) and ``data`` (:meth:`VIReIDDataModule.fingerprint`).
+        experiment: This run's experiment name, quoted in the error.
+        ckpt: The checkpoint's path, quoted in the error.
+
+    Raises:
+        ResumeError: Naming every difference (phase count or phases, training data) and the
+            experiment the checkpoint came from.
+    """
+    saved = state["fingerprint"]
+    problems = []
+    if saved["num_phases"] != fingerprint["num_phases"]:
+        problems.append(
+            f"its schedule has {saved['num_phases']} phases, this run's has "
+            f"{fingerprint['num_phases']}"
+        )
+    elif saved["schedule"] != fingerprint["schedule"]:
+        problems.append("its schedule's phases (stages, cameras, iterations) differ")
+    if saved["data"] != fingerprint["data"]:
+        problems.append(f"its training data {saved['data']} differ from {fingerprint['data']}")
+    if problems:
+        raise ResumeError(
+            f"checkpoint {ckpt} comes from another experiment "
+            f"({state.get('experiment')!r}; this run: {experiment!r}): "
+            + "; ".join(problems)
+            + ". Resume with the same experiment, schedule and data, or start a new run."
+        )
+
+
 class Reclustering(Callback):
     """Re-cluster before every phase of the GUR schedule and install labels and memories.
 
@@ -352,36 +393,15 @@ class Reclustering(Callback):
         schedule = hashlib.sha256(repr(self.phases).encode()).hexdigest()[:16]
         return {"num_phases": len(self.phases), "schedule": schedule, "data": dm.fingerprint()}
 
-    def _check_fingerprint(
-        self, state: dict[str, Any], ckpt: str | os.PathLike[str] | None
-    ) -> None:
-        """Refuse a checkpoint whose schedule or training data differ from this run's."""
-        saved, current = state["fingerprint"], self._fingerprint
-        assert current is not None
-        problems = []
-        if saved["num_phases"] != current["num_phases"]:
-            problems.append(
-                f"its schedule has {saved['num_phases']} phases, this run's has "
-                f"{current['num_phases']}"
-            )
-        elif saved["schedule"] != current["schedule"]:
-            problems.append("its schedule's phases (stages, cameras, iterations) differ")
-        if saved["data"] != current["data"]:
-            problems.append(f"its training data {saved['data']} differ from {current['data']}")
-        if problems:
-            raise ResumeError(
-                f"checkpoint {ckpt} comes from another experiment "
-                f"({state.get('experiment')!r}; this run: {self.experiment!r}): "
-                + "; ".join(problems)
-                + ". Resume with the same experiment, schedule and data, or start a new run."
-            )
-
     def _resume(self, trainer: L.Trainer, state: dict[str, Any]) -> None:
         """Re-install the checkpointed phase's labels exactly as the interrupted run had.
 
         Its memories and the prototypes were restored with the module's own checkpoint state.
         """
-        self._check_fingerprint(state, trainer.ckpt_path)
+        assert self._fingerprint is not None  # made by on_fit_start before it resumes
+        check_fingerprint(
+            state, self._fingerprint, experiment=self.experiment, ckpt=trainer.ckpt_path
+        )
         inst = state["installed"]
         if not state["at_phase_boundary"] or inst is None:
             raise ResumeError(

@@ -1,7 +1,7 @@
 """The DataModule: unlabelled training images in, pseudo-labelled identity-balanced batches out.
 
 Contract with the re-clustering callback (docs/architecture.md §11.4): the callback asks for
-:meth:`VIReIDDataModule.cluster_dataloader` over any subset of training samples to extract
+:meth:`VIReIDDataModule.eval_dataloader` over any subset of training samples to extract
 features, clusters them, and installs the result with :meth:`set_pseudo_labels` *before* Lightning
 builds the phase's train loader (``reload_dataloaders_every_n_epochs=1`` makes Lightning call
 :meth:`train_dataloader` at the start of every epoch, after the previous epoch's

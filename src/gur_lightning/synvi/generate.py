@@ -202,8 +202,18 @@ def _check_target(out: Path, digest: str) -> bool:
     return False
 
 
-def _install(tmp: Path, out: Path, digest: str) -> None:
-    """Move the finished tree ``tmp`` to ``out``, replacing an empty folder or old SynVI tree."""
+def install_tree(tmp: Path, out: Path, digest: str) -> None:
+    """Move the finished tree ``tmp`` to ``out``, replacing an empty folder or old SynVI tree.
+
+    Several processes (DDP ranks) may build the same tree at once: when ``out`` already holds
+    a complete tree of the same parameters, it is kept and ``tmp`` is deleted, so no reader
+    sees files move.
+
+    Args:
+        tmp: The finished tree (marker included), a sibling folder of ``out``.
+        out: The data set root.
+        digest: The tree's parameter hash (:func:`parameter_hash`), as its marker records it.
+    """
     old: Path | None = None
     if _is_complete(out, digest):
         # Another process (e.g. another DDP rank) installed the same tree meanwhile; keep it
@@ -292,7 +302,7 @@ def generate_synvi(
         _render_all(world, tmp, plan.jobs, DEFAULT_WORKERS if workers is None else workers)
         marker = {**params, "hash": digest, "num_files": len(plan.jobs) + len(plan.texts)}
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
-        _install(tmp, out, digest)
+        install_tree(tmp, out, digest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

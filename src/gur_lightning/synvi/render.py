@@ -166,8 +166,22 @@ def _lerp(p0: tuple[float, float], p1: tuple[float, float], t: float) -> tuple[f
     return (p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]))
 
 
-class _Body:
-    """Body landmarks of one identity (units of height), shared by every view."""
+class Body:
+    """Body landmarks of one identity (units of height), shared by every view.
+
+    Vertical coordinates run from 0 (top of the head) to 1 (soles); horizontal ones are
+    offsets from the body's axis.
+
+    Args:
+        s: The identity's shape.
+
+    Attributes:
+        s: The shape the landmarks derive from.
+        sy: Shoulder height; ``hy``: hip height (top of the legs); ``knee``: knee height.
+        hr: Head radius; ``sh``, ``hh``: half widths of shoulders and hips.
+        aw: Arm width; ``td``: torso depth seen from the side; ``leg_top_w``, ``ankle_w``:
+            leg widths at the hip and the ankle.
+    """
 
     def __init__(self, s: Shape) -> None:
         self.s = s
@@ -183,7 +197,7 @@ class _Body:
         self.ankle_w = ANKLE_W * (0.8 + 0.2 * s.girth)
 
 
-def _draw_legs_front(p: _Painter, b: _Body, pose: _Pose) -> None:
+def _draw_legs_front(p: _Painter, b: Body, pose: _Pose) -> None:
     """Legs, lower garment and shoes seen from the front or back."""
     hy = b.hy
     hips = [(-b.hh * 0.5, hy), (b.hh * 0.5, hy)]
@@ -193,7 +207,7 @@ def _draw_legs_front(p: _Painter, b: _Body, pose: _Pose) -> None:
 
 def _draw_lower(
     p: _Painter,
-    b: _Body,
+    b: Body,
     hips: list[tuple[float, float]],
     feet: list[tuple[float, float]],
     front: bool,
@@ -238,7 +252,7 @@ def _draw_lower(
 
 
 def _torso_points(
-    b: _Body, bottom_v: float, hem_half: float, front: bool
+    b: Body, bottom_v: float, hem_half: float, front: bool
 ) -> list[tuple[float, float]]:
     """Outline of the upper body down to ``bottom_v`` with a hem half-width ``hem_half``."""
     mid = (b.sy + b.hy) / 2.0
@@ -262,7 +276,7 @@ def _torso_points(
     ]
 
 
-def _draw_upper(p: _Painter, b: _Body, view: int) -> None:
+def _draw_upper(p: _Painter, b: Body, view: int) -> None:
     """Top and coat (the coat worn open shows the top in front)."""
     s = b.s
     front = view != VIEW_SIDE
@@ -291,7 +305,7 @@ def _draw_upper(p: _Painter, b: _Body, view: int) -> None:
 
 
 def _draw_arm(
-    p: _Painter, b: _Body, joint: tuple[float, float], wrist: tuple[float, float]
+    p: _Painter, b: Body, joint: tuple[float, float], wrist: tuple[float, float]
 ) -> None:
     """One arm: skin, hand and sleeve (the coat's sleeve when a coat is worn)."""
     s = b.s
@@ -305,7 +319,7 @@ def _draw_arm(
         p.limb(joint, _lerp(joint, wrist, 0.92), b.aw * 1.18, b.aw * 0.98, TOP)
 
 
-def _draw_head(p: _Painter, b: _Body, view: int) -> None:
+def _draw_head(p: _Painter, b: Body, view: int) -> None:
     """Neck, head, hair and hat."""
     s, hr = b.s, b.hr
     p.rect(-0.3 * hr, 1.6 * hr, 0.3 * hr, b.sy + 0.01, SKIN)
@@ -347,7 +361,7 @@ def _draw_head(p: _Painter, b: _Body, view: int) -> None:
         p.rect(-0.75 * hr, -0.15 * hr, 0.75 * hr, 0.62 * hr, HAT)
 
 
-def _draw_long_hair(p: _Painter, b: _Body, view: int) -> None:
+def _draw_long_hair(p: _Painter, b: Body, view: int) -> None:
     """Long hair: behind the shoulders from the front, over the upper back from behind."""
     hr = b.hr
     if view == VIEW_SIDE:
@@ -367,7 +381,7 @@ def _draw_long_hair(p: _Painter, b: _Body, view: int) -> None:
         )
 
 
-def _draw_front_back(p: _Painter, b: _Body, view: int, pose: _Pose) -> None:
+def _draw_front_back(p: _Painter, b: Body, view: int, pose: _Pose) -> None:
     """A person seen from the front or the back (back view: mirrored carry side)."""
     s = b.s
     side = s.carry_side if view == VIEW_FRONT else -s.carry_side
@@ -431,7 +445,7 @@ def _draw_front_back(p: _Painter, b: _Body, view: int, pose: _Pose) -> None:
     _draw_head(p, b, view)
 
 
-def _draw_side(p: _Painter, b: _Body, pose: _Pose) -> None:
+def _draw_side(p: _Painter, b: Body, pose: _Pose) -> None:
     """A person seen from the side, facing ``+u`` (the painter mirrors for the other way)."""
     s = b.s
     joint = (0.0, b.sy + 0.02)
@@ -477,7 +491,7 @@ def _draw_side(p: _Painter, b: _Body, pose: _Pose) -> None:
     _draw_head(p, b, VIEW_SIDE)
 
 
-def _pattern_mask(b: _Body, view: int, u: np.ndarray, v: np.ndarray) -> np.ndarray | None:
+def pattern_mask(b: Body, view: int, u: np.ndarray, v: np.ndarray) -> np.ndarray | None:
     """Which upper-garment pixels at body coordinates ``(u, v)`` are printed.
 
     Args:
@@ -594,7 +608,7 @@ def render_labels(
     hs, ws = cfg.height * ss, cfg.width * ss
     camera = world.cameras[cam]
     scene = world.scenes[camera.scene_key]
-    body = _Body(world.identities[pid].shape)
+    body = Body(world.identities[pid].shape)
     j = cfg.pose_jitter
 
     oy = int(rng.integers(0, 2 * scene.margin_y + 1))
@@ -620,7 +634,7 @@ def render_labels(
         if view == VIEW_BACK:
             u = -u  # the print is on the person's body: seen from behind it is mirrored
         v = (ys + 0.5 - painter.top) / h
-        mask = _pattern_mask(body, view, u, v)
+        mask = pattern_mask(body, view, u, v)
         if mask is not None:
             pattern = COAT_PATTERN if target == COAT else TOP_PATTERN
             labels[ys[mask], xs[mask]] = pattern

@@ -53,6 +53,7 @@ __all__ = [
     "flatten_config",
     "log_images",
     "log_run_config",
+    "multirun_job_name",
     "rows_before_checkpoint",
     "wandb_resume_kwargs",
 ]
@@ -79,8 +80,14 @@ def _wandb_available() -> bool:
         return False
 
 
-def _multirun_name() -> str | None:
-    """``key=value,...`` of a multirun job's overrides, or None outside a Hydra multirun."""
+def multirun_job_name() -> str | None:
+    """The default W&B run name of a Hydra multirun job.
+
+    Returns:
+        The job's overrides as ``key=value,...`` (Hydra's ``override_dirname``), ``job<N>``
+        for a job without overrides, or None outside a Hydra multirun (a single run, or no
+        Hydra at all), where W&B picks its own random name.
+    """
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -145,7 +152,7 @@ def build_wandb_logger(
     return WandbLogger(
         save_dir=save_dir,
         project=project,
-        name=name if name is not None else _multirun_name(),
+        name=name if name is not None else multirun_job_name(),
         group=group,
         job_type=job_type,
         tags=list(tags) if tags is not None else None,

@@ -112,10 +112,15 @@ def resolve_knn_backend(backend: str, run_device: torch.device) -> str:
 
 
 @functools.cache
-def _load_compiled_kernels() -> ModuleType | None:
+def load_compiled_kernels() -> ModuleType | None:
     """Import the numba kernels once; ``None`` (logged once) when they cannot be built.
 
-    The import compiles them, or loads them from numba's on-disk cache.
+    The import compiles them, or loads them from numba's on-disk cache. The result is cached
+    for the process (``load_compiled_kernels.cache_clear()`` forgets it); callers choosing an
+    engine go through :func:`resolve_kernels`.
+
+    Returns:
+        The module :mod:`gur_lightning.clustering._kernels`, or None when importing it failed.
     """
     try:
         from gur_lightning.clustering import _kernels
@@ -150,7 +155,7 @@ def resolve_kernels(engine: str) -> ModuleType | None:
         raise ValueError(f"kernels must be 'auto', 'numba' or 'numpy', got {engine!r}")
     if engine == "numpy":
         return None
-    kernels = _load_compiled_kernels()
+    kernels = load_compiled_kernels()
     if kernels is None and engine == "numba":
         raise ValueError(
             "kernels='numba' but the numba kernels could not be built (see the warning "

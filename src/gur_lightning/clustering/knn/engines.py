@@ -25,10 +25,10 @@ from gur_lightning.clustering.knn.backends import _faiss_num_gpus
 from gur_lightning.clustering.knn.pool import (
     FLUSH_ENTRIES_MIN,
     FLUSH_ENTRIES_PER_ROW,
+    CandidatePool,
     _PendingCandidates,
-    _Pool,
 )
-from gur_lightning.clustering.knn.products import _exact_dots, _ProposalProduct
+from gur_lightning.clustering.knn.products import ProposalProduct, _exact_dots
 
 GPU_CHUNK_ELEMENTS = 1 << 27
 """Largest (rows x N) similarity chunk on GPU: 512 MB of float32."""
@@ -50,14 +50,14 @@ def _is_turn(state: dict[str, int], index: int) -> bool:
     return state["scanned"] == index
 
 
-def _blocked_cpu_pool(
+def blocked_cpu_pool(
     x: torch.Tensor,
     norms: np.ndarray,
     depth: int,
     block: int,
     proposal: torch.dtype | None,
     kernels: ModuleType | None = None,
-) -> _Pool:
+) -> CandidatePool:
     """Best-``depth`` pool per row from a symmetric blocked Gram matrix (CPU).
 
     Every block pair (I, J), I <= J, is multiplied once; the diagonal blocks seed the running
@@ -72,10 +72,22 @@ def _blocked_cpu_pool(
     products instead of leaving T - 1 cores idle (one T-thread product at a time cannot
     overlap the scan: its threads wait for each other whenever the scan takes a core from one
     of them).
+
+    Args:
+        x: (N, D) float32 CPU features.
+        norms: (N,) float32 squared norms ``|x_j|^2``.
+        depth: Candidates kept per row (at most N).
+        block: Rows per Gram block.
+        proposal: None for exact float32 products, or a cheaper proposal format (see
+            :class:`~gur_lightning.clustering.knn.products.ProposalProduct`).
+        kernels: The compiled kernels module, or None for the numpy scan.
+
+    Returns:
+        The filled pool: (N, depth) keys, column indices and inner products per row.
     """
     n = x.shape[0]
-    pool = _Pool(n, depth)
-    product = _ProposalProduct(x, proposal)
+    pool = CandidatePool(n, depth)
+    product = ProposalProduct(x, proposal)
     starts = list(range(0, n, block))
     side = min(block, n)
     # Diagonal blocks first: seeding overwrites a row's pool, so it must precede the rest.
@@ -126,7 +138,7 @@ def _blocked_cpu_pool(
 
 
 def _block_scanner(
-    pool: _Pool, norms: np.ndarray, side: int, kernels: ModuleType | None
+    pool: CandidatePool, norms: np.ndarray, side: int, kernels: ModuleType | None
 ) -> tuple[Callable[[np.ndarray, int, int], None], Callable[[], None]]:
     """Return ``(scan(g, s, t), finish())`` that feed Gram blocks into ``pool``.
 
@@ -155,7 +167,7 @@ def _block_scanner(
 
 
 def _scan_block(
-    pool: _Pool,
+    pool: CandidatePool,
     pending: _PendingCandidates,
     g: np.ndarray,
     s: int,
@@ -218,10 +230,22 @@ def _scan_block(
     pending.add(c[sel_col] + t, r[sel_col] + s, key_col[sel_col], gv[sel_col])
 
 
-def _chunked_gpu_pool(x: torch.Tensor, depth: int, proposal: torch.dtype | None) -> _Pool:
-    """Best-``depth`` pool per row from row chunks against all points and ``topk`` (GPU)."""
+def chunked_gpu_pool(x: torch.Tensor, depth: int, proposal: torch.dtype | None) -> CandidatePool:
+    """Best-``depth`` pool per row from row chunks against all points and ``topk`` (GPU).
+
+    Device-agnostic: it runs wherever ``x`` lives (the CUDA engine of
+    :func:`~gur_lightning.clustering.knn.search.exact_knn`).
+
+    Args:
+        x: (N, D) float32 features.
+        depth: Candidates kept per row (at most N).
+        proposal: None for float32 products, or a cheaper dtype the products are taken in.
+
+    Returns:
+        The filled pool: (N, depth) keys, column indices and inner products per row.
+    """
     n = x.shape[0]
-    pool = _Pool(n, depth)
+    pool = CandidatePool(n, depth)
     norms = (x * x).sum(1)
     xs = x if proposal is None else x.to(proposal)
     chunk = max(1, min(n, GPU_CHUNK_ELEMENTS // n))
@@ -235,8 +259,17 @@ def _chunked_gpu_pool(x: torch.Tensor, depth: int, proposal: torch.dtype | None)
     return pool
 
 
-def _faiss_pool(x: np.ndarray, depth: int) -> tuple[_Pool, str]:
-    """Best-``depth`` pool per row from faiss ``IndexFlatL2`` (GPU only if faiss has GPUs)."""
+def faiss_pool(x: np.ndarray, depth: int) -> tuple[CandidatePool, str]:
+    """Best-``depth`` pool per row from faiss ``IndexFlatL2`` (GPU only if faiss has GPUs).
+
+    Args:
+        x: (N, D) float32 features.
+        depth: Candidates kept per row (at most N).
+
+    Returns:
+        The filled pool (keys are negated squared distances, which order and differ like the
+        torch engines' keys) and the engine's name, ``faiss-cpu`` or ``faiss-gpu``.
+    """
     import faiss
 
     n, d = x.shape
@@ -249,7 +282,7 @@ def _faiss_pool(x: np.ndarray, depth: int) -> tuple[_Pool, str]:
         name = "faiss-gpu"
     index.add(x)
     dist, idx = index.search(x, depth)
-    pool = _Pool(n, depth)
+    pool = CandidatePool(n, depth)
     idx = np.asarray(idx, dtype=np.int64)
     valid = idx >= 0
     pool.idx = np.where(valid, idx, -1)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gur_lightning.clustering.knn.pool import _Pool
+from gur_lightning.clustering.knn.pool import CandidatePool
 from gur_lightning.clustering.knn.products import (
     RESCORE_CHUNK_ROWS,
+    ProposalProduct,
     _exact_dots,
-    _ProposalProduct,
 )
 
 FLOAT64_SHORTLIST_SLACK = 1e-9
@@ -26,24 +26,24 @@ FLOAT64_SHORTLIST_SLACK = 1e-9
 
 
 def _certify_proposals(
-    x: torch.Tensor, norms: np.ndarray, pool: _Pool, depth: int, proposal: torch.dtype
-) -> tuple[_Pool, int]:
+    x: torch.Tensor, norms: np.ndarray, pool: CandidatePool, depth: int, proposal: torch.dtype
+) -> tuple[CandidatePool, int]:
     """Rescore a low-precision pool exactly in float32, certify it and trim it to ``depth``.
 
     A point outside the pool has proposal key at most the pool's last proposal key ``p_last``;
     its exact key is at most ``p_last + bound_i``, where ``bound_i`` bounds the proposal error of
-    row ``i`` (:meth:`_ProposalProduct.outsider_bound`). If that stays below the exact
+    row ``i`` (:meth:`ProposalProduct.outsider_bound`). If that stays below the exact
     ``depth``-th key, no outsider can enter the exact top ``depth``; otherwise the row is
     recomputed exactly in float32.
     """
     xn = x.numpy()
     n = xn.shape[0]
-    bound = _ProposalProduct(x, proposal).outsider_bound(norms)
+    bound = ProposalProduct(x, proposal).outsider_bound(norms)
     p_last = pool.key[:, -1].astype(np.float64)
     dots = _exact_dots(xn, np.arange(n), pool.idx)
     keys = np.where(pool.idx >= 0, 2.0 * dots - norms[np.maximum(pool.idx, 0)], -np.inf)
     order = np.argsort(-keys, axis=1)[:, :depth]
-    trimmed = _Pool(n, depth)
+    trimmed = CandidatePool(n, depth)
     trimmed.key = np.take_along_axis(keys, order, axis=1).astype(np.float32)
     trimmed.idx = np.take_along_axis(pool.idx, order, axis=1)
     trimmed.dot = np.take_along_axis(dots, order, axis=1)
@@ -81,7 +81,7 @@ def _float64_rerank(x: np.ndarray, rows: np.ndarray, cand: np.ndarray) -> tuple:
 def _settle_near_ties(
     x: np.ndarray,
     norms: np.ndarray,
-    pool: _Pool,
+    pool: CandidatePool,
     boundaries: Sequence[int],
     tolerance: float,
 ) -> tuple[int, int]:

@@ -22,11 +22,20 @@ MERGE_ROWS = 8192
 """Rows per padded merge: bounds the merge's temporaries to ~10 MB per (depth + width) column."""
 
 
-class _Pool:
+class CandidatePool:
     """Per-row best-``depth`` candidates by float32 key, kept sorted (descending key).
 
     numpy arrays: on small ragged arrays numpy's sorts and scatters are several times faster
     than torch's CPU kernels, and the pool is merged once per block.
+
+    Args:
+        n: Rows (points).
+        depth: Candidates kept per row.
+
+    Attributes:
+        key: (n, depth) float32 keys ``2 x_i.x_j - |x_j|^2``, descending; ``-inf`` when empty.
+        idx: (n, depth) int64 column indices ``j``; -1 when empty.
+        dot: (n, depth) float32 inner products ``x_i.x_j``.
     """
 
     def __init__(self, n: int, depth: int) -> None:
@@ -154,10 +163,11 @@ class _PendingCandidates:
     Re-sorting a row's pool costs the same whether one or ten candidates arrive, so merging
     after every block makes the pool upkeep dominate at large N (49 blocks per row at 100k).
     Candidates are filtered against the thresholds known when their block is scanned (a stale,
-    lower threshold only lets a few more through) and merged once :data:`FLUSH_ENTRIES` pile up.
+    lower threshold only lets a few more through) and merged once ``flush_entries`` pile up
+    (the CPU engine passes max(:data:`FLUSH_ENTRIES_MIN`, :data:`FLUSH_ENTRIES_PER_ROW` x N)).
     """
 
-    def __init__(self, pool: _Pool, flush_entries: int) -> None:
+    def __init__(self, pool: CandidatePool, flush_entries: int) -> None:
         self.pool = pool
         self.flush_entries = flush_entries
         self.parts: list[tuple[np.ndarray, ...]] = []

@@ -52,7 +52,7 @@ def ieee_float32_matmul() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = cuda_reduced
 
 
-class _ProposalProduct:
+class ProposalProduct:
     """Gram blocks ``X_I X_J^T``: exact float32, or a cheaper proposal with an error bound.
 
     * ``None``: float32 (exact up to float32 rounding; the near-tie guard covers that).

@@ -16,7 +16,7 @@ from gur_lightning.clustering.knn.backends import (
     resolve_knn_backend,
     resolve_knn_device,
 )
-from gur_lightning.clustering.knn.engines import _blocked_cpu_pool, _chunked_gpu_pool, _faiss_pool
+from gur_lightning.clustering.knn.engines import blocked_cpu_pool, chunked_gpu_pool, faiss_pool
 from gur_lightning.clustering.knn.exact import _certify_proposals, _settle_near_ties
 from gur_lightning.clustering.knn.products import ieee_float32_matmul
 from gur_lightning.clustering.options import KnnOptions
@@ -108,18 +108,16 @@ def exact_knn(
         if engine == "faiss":
             if proposal_dtype is not None:
                 raise ValueError("proposal_dtype applies to the torch engine, not to faiss")
-            pool, name = _faiss_pool(xn, depth)
+            pool, name = faiss_pool(xn, depth)
         else:
             prop_depth = depth if proposal_dtype is None else min(n, depth + opts.proposal_margin)
             if run_device.type == "cuda":
                 if proposal_dtype == torch.int8:
                     raise ValueError("int8 proposals are implemented for the CPU engine only")
-                pool = _chunked_gpu_pool(x_in.to(run_device), prop_depth, proposal_dtype)
+                pool = chunked_gpu_pool(x_in.to(run_device), prop_depth, proposal_dtype)
                 name = "torch-cuda"
             else:
-                pool = _blocked_cpu_pool(
-                    x, norms, prop_depth, block_size, proposal_dtype, compiled
-                )
+                pool = blocked_cpu_pool(x, norms, prop_depth, block_size, proposal_dtype, compiled)
                 name = "torch-cpu"
             if proposal_dtype is not None:
                 pool, rows_recomputed = _certify_proposals(x, norms, pool, depth, proposal_dtype)
