@@ -108,6 +108,9 @@ def test_interrupted_run_keeps_the_phase_end_checkpoint_and_resumes_with_one_rec
     data_dir, tmp_path
 ):
     run = tmp_path / "a"
+    # The handler the run must restore: Python's default, or SIG_IGN when the test process was
+    # started in the background (nohup, `&` in a script), which ignores SIGINT from the start.
+    before = signal.getsignal(signal.SIGINT)
     # Phase 4 has 2 batches: SIGINT during its first one stops after it, mid-phase.
     with pytest.raises(RunInterrupted) as err:
         train(smoke_config(data_dir, run, *SHORT), extra_callbacks=[SignalAt(signal.SIGINT, 4)])
@@ -122,7 +125,7 @@ def test_interrupted_run_keeps_the_phase_end_checkpoint_and_resumes_with_one_rec
     assert status["status"] == "interrupted" and status["signal"] == signal.SIGINT
     assert status["resume_command"].endswith(f"ckpt_path={last.resolve()}")
     assert not (run / "metrics.json").exists()  # no test evaluation after a signal
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     old_rows = _csv_rows(run / "csv" / "metrics.csv")
     # Stopped in on_train_batch_end, before Lightning logs the batch: phase 4 left no row.
     assert [int(r["step"]) for r in old_rows if r.get("train/loss")] == [0, 1, 2, 3]
