@@ -22,7 +22,6 @@ The entry points select it with ``model.backbone.pretrained=synvi``; the command
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +30,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,8 @@ from torch import Tensor
 
 from gur_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from gur_lightning.models.backbone import DEPTHS
-from gur_lightning.synvi.config import GENERATOR_VERSION, PRESETS
+from gur_lightning.synvi.config import GENERATOR_VERSION, PRESETS, parse_set_option
+from gur_lightning.synvi.generate import parameter_hash
 from gur_lightning.synvi.pretraining import (
     PretrainConfig,
     build_pretrain_world,
@@ -259,11 +258,6 @@ def pretrain_parameters(cfg: PretrainConfig) -> dict[str, Any]:
     }
 
 
-def parameter_hash(params: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``params``."""
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
 def entry_dir(cfg: PretrainConfig, data_dir: str | os.PathLike[str]) -> Path:
     """The cache folder of ``cfg`` under ``data_dir`` (whether or not it exists yet)."""
     digest = parameter_hash(pretrain_parameters(cfg))
@@ -411,17 +405,6 @@ def wait_for_pretrained_start(
 # --------------------------------------------------------------------------- command line
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    """Parse ``KEY=VALUE``; the value is read as JSON (numbers) or kept as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line's argument parser (unset options keep :class:`PretrainConfig`'s)."""
     parser = argparse.ArgumentParser(
@@ -445,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda)")
     parser.add_argument(
         "--set",
-        type=_parse_override,
+        type=parse_set_option,
         action="append",
         default=[],
         metavar="KEY=VALUE",

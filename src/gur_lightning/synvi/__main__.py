@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
-from gur_lightning.synvi.config import DEFAULT_PRESET, DEFAULT_SEED, LAYOUTS, PRESETS
+from gur_lightning.synvi.config import (
+    DEFAULT_PRESET,
+    DEFAULT_SEED,
+    LAYOUTS,
+    PRESETS,
+    parse_set_option,
+)
 from gur_lightning.synvi.generate import generate_synvi, read_marker
 
 log = logging.getLogger("gur_lightning.synvi")
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    """Parse ``KEY=VALUE``; the value is read as JSON (numbers) or kept as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="processes (default 2)")
     parser.add_argument(
         "--set",
-        type=_parse_override,
+        type=parse_set_option,
         action="append",
         default=[],
         metavar="KEY=VALUE",

@@ -8,7 +8,9 @@ calls that spell the same configuration differently share one cache entry (docs/
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -353,3 +355,25 @@ def _validate(layout: str, cfg: SynVIConfig) -> None:
         raise ValueError(f"SynVI option jpeg_quality must be an integer, got {cfg.jpeg_quality!r}")
     if not 1 <= cfg.jpeg_quality <= 100:
         raise ValueError(f"SynVI option jpeg_quality must be in [1, 100], got {cfg.jpeg_quality}")
+
+
+def parse_set_option(text: str) -> tuple[str, Any]:
+    """Parse a ``--set KEY=VALUE`` command-line option of the SynVI tools.
+
+    Args:
+        text: ``KEY=VALUE``; the value is read as JSON (numbers, booleans, null) or kept as a
+            string.
+
+    Returns:
+        ``(key, value)``.
+
+    Raises:
+        argparse.ArgumentTypeError: When ``text`` has no ``=`` or no key.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value

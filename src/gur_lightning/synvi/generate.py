@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def tree_parameters(
     }
 
 
-def parameter_hash(params: dict[str, Any]) -> str:
+def parameter_hash(params: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``params``."""
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
