@@ -113,10 +113,28 @@ def test_pretraining_world_has_visible_cameras_only_and_renders_no_infrared(tmp_
 
 
 def test_render_set_labels_every_identity_in_every_camera():
-    images, labels = pretrain.render_pretrain_set(pretraining.build_pretrain_world(tiny()))
+    world = pretraining.build_pretrain_world(tiny())
+    images, labels = pretrain.render_pretrain_set(world, tiny().cameras_of_identity)
     assert images.shape == (16, 3, 32, 16) and images.dtype == torch.uint8
     # 4 identities x 2 cameras x 2 images, ordered by identity: classes pid - 1.
     assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+
+
+def test_one_camera_per_identity_renders_each_person_in_its_own_camera_only():
+    cfg = tiny(cameras_per_identity=1, images_per_camera=3)
+    world = pretraining.build_pretrain_world(cfg)
+    images, labels = pretrain.render_pretrain_set(world, cfg.cameras_of_identity)
+    assert cfg.num_images == 4 * 1 * 3 == len(labels)
+    assert labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    # Identity pid in camera (pid - 1) % 2 of the sorted cameras: 1 -> first, 2 -> second...
+    first, second = sorted(world.cameras)
+    expected_cams = {1: first, 2: second, 3: first, 4: second}
+    for row, pid in enumerate(pid for pid in (1, 2, 3, 4) for _ in range(3)):
+        k = row % 3
+        drawn = render_image(world, pid, expected_cams[pid], "visible", k)
+        assert np.array_equal(images[row].permute(1, 2, 0).numpy(), drawn)
+    other = render_image(world, 1, second, "visible", 0)
+    assert not np.array_equal(images[0].permute(1, 2, 0).numpy(), other)
 
 
 def test_augment_flips_and_normalises_like_the_benchmark():
@@ -285,6 +303,10 @@ def test_options_out_of_range_or_unknown_are_named():
         tiny(depth=20)
     with pytest.raises(ValueError, match="image size must be at least"):
         tiny(height=16)
+    with pytest.raises(ValueError, match=r"cameras_per_identity=3 is invalid: expected None"):
+        tiny(cameras_per_identity=3)
+    with pytest.raises(ValueError, match="cameras_per_identity=0 is invalid"):
+        tiny(cameras_per_identity=0)
     with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
         tiny(lr="fast")
     # One setting, one entry: an integer learning rate is the same float.

@@ -74,21 +74,28 @@ WAIT_POLL_S = 1.0
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def render_pretrain_set(world: World) -> tuple[Tensor, Tensor]:
+def render_pretrain_set(world: World, cameras_per_identity: int) -> tuple[Tensor, Tensor]:
     """Render every training image of the pretraining world, in memory.
 
     Args:
         world: From :func:`build_pretrain_world`.
+        cameras_per_identity: Cameras that see each identity: identity ``pid`` in cameras
+            ``(pid - 1 + j) % C`` of the sorted camera list, ``j < cameras_per_identity``
+            (:attr:`PretrainConfig.cameras_of_identity`).
 
     Returns:
         ``(images, labels)``: ``(N, 3, H, W)`` uint8 and ``(N,)`` int64 class indices
         ``pid - 1``, ordered by identity, camera and image number.
     """
     per_camera = world.config.images_per_camera
+    cameras = sorted(world.cameras)
     jobs = [
         (pid, cam, k)
         for pid in sorted(world.identities)
-        for cam in sorted(world.cameras)
+        # Sorted, so that with every camera the set is the one before this option existed.
+        for cam in sorted(
+            cameras[(pid - 1 + j) % len(cameras)] for j in range(cameras_per_identity)
+        )
         for k in range(per_camera)
     ]
     images = np.stack([render_image(world, pid, cam, "visible", k) for pid, cam, k in jobs])
@@ -160,7 +167,7 @@ def train_pretrained_start(
     """
     start = time.perf_counter()
     world = build_pretrain_world(cfg)
-    images, labels = render_pretrain_set(world)
+    images, labels = render_pretrain_set(world, cfg.cameras_of_identity)
     render_s = time.perf_counter() - start
     n = len(labels)
     batch = min(cfg.batch_size, n)
