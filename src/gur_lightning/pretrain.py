@@ -42,7 +42,7 @@ from torch import Tensor
 from gur_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from gur_lightning.models.backbone import DEPTHS
 from gur_lightning.synvi.config import GENERATOR_VERSION, PRESETS, parse_set_option
-from gur_lightning.synvi.generate import parameter_hash
+from gur_lightning.synvi.generate import install_atomically, parameter_hash, read_json_marker
 from gur_lightning.synvi.pretraining import (
     PretrainConfig,
     build_pretrain_world,
@@ -273,13 +273,7 @@ def entry_dir(cfg: PretrainConfig, data_dir: str | os.PathLike[str]) -> Path:
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
     """The marker of a pretrained-start entry at ``folder``, or ``None`` if it is not one."""
-    try:
-        marker = json.loads((folder / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(marker, dict) or marker.get("kind") != "synvi_pretrain":
-        return None
-    return marker
+    return read_json_marker(folder / MARKER_NAME, "kind", "synvi_pretrain")
 
 
 def _is_complete(folder: Path, digest: str) -> bool:
@@ -305,26 +299,13 @@ def install_entry(tmp: Path, out: Path, digest: str) -> None:
     Raises:
         FileExistsError: ``out`` exists and is not an entry of ours.
     """
-    if _is_complete(out, digest):
-        # Another process (another node's rank 0) finished first: keep its entry.
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and read_marker(out) is None):
-            raise FileExistsError(
-                f"{out} exists and is not a SynVI pretrained-start entry (no {MARKER_NAME}); "
-                "refusing to replace it. Move it away or choose another data directory."
-            )
-        # A damaged entry of ours (its weights deleted or truncated): replace it.
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "entry")
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if not _is_complete(out, digest):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and read_marker(out) is None)):
+        raise FileExistsError(
+            f"{out} exists and is not a SynVI pretrained-start entry (no {MARKER_NAME}); "
+            "refusing to replace it. Move it away or choose another data directory."
+        )
+    # A damaged entry of ours (its weights deleted or truncated) is replaced.
+    install_atomically(tmp, out, lambda folder: _is_complete(folder, digest))
 
 
 def ensure_pretrained_start(

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,15 +100,24 @@ def parameter_hash(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-def read_marker(root: Path) -> dict[str, Any] | None:
-    """Return the marker of a SynVI tree at ``root``, or ``None`` if it is not one."""
+def read_json_marker(path: Path, key: str, value: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` if it reads and its ``key`` is ``value``, else ``None``.
+
+    The one reader of cache markers: SynVI trees (``generator: synvi``) and pretrained-start
+    entries (``kind: synvi_pretrain``) record their parameters, hash and size this way.
+    """
     try:
-        marker = json.loads((root / MARKER_NAME).read_text())
+        marker = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(marker, dict) or marker.get("generator") != "synvi":
+    if not isinstance(marker, dict) or marker.get(key) != value:
         return None
     return marker
+
+
+def read_marker(root: Path) -> dict[str, Any] | None:
+    """Return the marker of a SynVI tree at ``root``, or ``None`` if it is not one."""
+    return read_json_marker(root / MARKER_NAME, "generator", "synvi")
 
 
 def _count_files(root: Path) -> int:
@@ -203,39 +212,49 @@ def _check_target(out: Path, digest: str) -> bool:
     return False
 
 
+def install_atomically(tmp: Path, out: Path, is_complete: Callable[[Path], bool]) -> None:
+    """Move the finished folder ``tmp`` to ``out``; a complete ``out`` already there wins.
+
+    Several processes (DDP ranks, nodes) may build the same cache entry at once: when ``out``
+    already holds a complete one, it is kept and ``tmp`` is deleted, so no reader sees files
+    move. Anything else at ``out`` (an empty folder, a damaged or older entry) is moved aside
+    and deleted; callers refuse folders that are not theirs before calling.
+
+    Args:
+        tmp: The finished folder, a sibling of ``out`` (same file system: the rename is atomic).
+        out: Where it belongs.
+        is_complete: Whether a folder holds the complete entry wanted.
+    """
+    old: Path | None = None
+    if is_complete(out):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "entry")
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        # Another process installed it meanwhile: keep theirs if it is the one wanted.
+        if not is_complete(out):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def install_tree(tmp: Path, out: Path, digest: str) -> None:
     """Move the finished tree ``tmp`` to ``out``, replacing an empty folder or old SynVI tree.
-
-    Several processes (DDP ranks) may build the same tree at once: when ``out`` already holds
-    a complete tree of the same parameters, it is kept and ``tmp`` is deleted, so no reader
-    sees files move.
 
     Args:
         tmp: The finished tree (marker included), a sibling folder of ``out``.
         out: The data set root.
         digest: The tree's parameter hash (:func:`parameter_hash`), as its marker records it.
     """
-    old: Path | None = None
-    if _is_complete(out, digest):
-        # Another process (e.g. another DDP rank) installed the same tree meanwhile; keep it
-        # rather than moving files from under its readers.
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    if out.exists():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.synvi-old-", dir=out.parent))
-            os.replace(out, old / "tree")
-        else:
-            out.rmdir()
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        # Another process installed a tree meanwhile: keep it if it is the one we wanted.
-        if not _is_complete(out, digest):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    install_atomically(tmp, out, lambda folder: _is_complete(folder, digest))
 
 
 def generate_synvi(
