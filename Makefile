@@ -55,5 +55,5 @@ gpu-check: $(STAMP) ## the README's GPU checks (needs a CUDA GPU); logs and figu
 results: $(STAMP) ## every row of the README's SynVI table, 3 seeds each (about 2 h on 2 cores); results/synvi/table.md
 	$(PY) -m gur_lightning.results --out results/synvi --jobs 2 eval.within_modality=true
 
-results-recipes: $(STAMP) ## GUR under recipe=fixed, R = 4 BatchNorm and recipe=official, 3 seeds each (about 50 min); results/synvi_recipes/table.md
+results-recipes: $(STAMP) ## GUR under recipe=fixed, R = 4 BatchNorm and recipe=official, 3 seeds each (about 30 min from scratch); results/synvi_recipes/table.md
 	$(PY) -m gur_lightning.results --out results/synvi_recipes --jobs 2 --rows gur,gur_bn4,gur_official eval.within_modality=true
