@@ -22,13 +22,10 @@ The entry points select it with ``model.backbone.pretrained=synvi``; the command
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +38,14 @@ from torch import Tensor
 
 from gur_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from gur_lightning.models.backbone import DEPTHS
-from gur_lightning.synvi.config import GENERATOR_VERSION, PRESETS, parse_set_option
-from gur_lightning.synvi.generate import install_atomically, parameter_hash, read_json_marker
+from gur_lightning.synvi.config import GENERATOR_VERSION, PRESETS, add_set_option
+from gur_lightning.synvi.generate import (
+    install_atomically,
+    parameter_hash,
+    read_json_marker,
+    staging_folder,
+    write_json_marker,
+)
 from gur_lightning.synvi.pretraining import (
     PretrainConfig,
     build_pretrain_world,
@@ -337,9 +340,7 @@ def ensure_pretrained_start(
     if _is_complete(out, digest):
         log.info("SynVI pretrained start %s is cached", out)
         return out / WEIGHTS_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staging_folder(out) as tmp:
         state, figures = train_pretrained_start(cfg, device=device)
         torch.save(state, tmp / WEIGHTS_NAME)
         marker = {
@@ -350,11 +351,8 @@ def ensure_pretrained_start(
             "device": str(device),
             **figures,
         }
-        (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+        write_json_marker(tmp / MARKER_NAME, marker)
         install_entry(tmp, out, digest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info(
         "SynVI pretrained start -> %s: train accuracy %.1f %% in %.0f s (%.0f images/s)",
         out,
@@ -414,14 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--device", default="cpu", help="where to train (cpu, cuda)")
-    parser.add_argument(
-        "--set",
-        type=parse_set_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other PretrainConfig field, e.g. --set lr=0.001 (repeatable)",
-    )
+    add_set_option(parser, "PretrainConfig field, e.g. --set lr=0.001")
     return parser
 
 

@@ -12,7 +12,7 @@ from gur_lightning.synvi.config import (
     DEFAULT_SEED,
     LAYOUTS,
     PRESETS,
-    parse_set_option,
+    add_set_option,
 )
 from gur_lightning.synvi.generate import generate_synvi, read_marker
 
@@ -34,14 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--images-per-camera", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="processes (default 2)")
-    parser.add_argument(
-        "--set",
-        type=parse_set_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other SynVIConfig option, e.g. --set clutter=0 (repeatable)",
-    )
+    add_set_option(parser, "SynVIConfig option, e.g. --set clutter=0")
     return parser
 
 

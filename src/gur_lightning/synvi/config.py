@@ -377,3 +377,22 @@ def parse_set_option(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except ValueError:
         return key, value
+
+
+def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """Add the repeatable ``--set KEY=VALUE`` option the SynVI tools share.
+
+    Args:
+        parser: The tool's parser; ``args.set`` becomes a list of ``(key, value)`` pairs
+            (:func:`parse_set_option`).
+        example: The help text's subject and example, e.g. ``"SynVIConfig option, e.g. --set
+            clutter=0"``.
+    """
+    parser.add_argument(
+        "--set",
+        type=parse_set_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"any other {example} (repeatable)",
+    )

@@ -8,6 +8,7 @@ is not a SynVI tree is never overwritten (docs/synthetic.md, "Properties it must
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -16,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,34 @@ def read_json_marker(path: Path, key: str, value: str) -> dict[str, Any] | None:
     if not isinstance(marker, dict) or marker.get(key) != value:
         return None
     return marker
+
+
+def write_json_marker(path: Path, marker: Mapping[str, Any]) -> None:
+    """Write a cache marker as :func:`read_json_marker` reads it (sorted keys, one per line)."""
+    path.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A new, empty temporary sibling of ``out`` to build a cache entry in.
+
+    Build inside it, then :func:`install_atomically` it to ``out`` before the block ends. If
+    the block raises (Ctrl-C included) the folder is deleted, so an interrupted build leaves
+    nothing half-written.
+
+    Args:
+        out: Where the finished entry will go; its parent is created if missing.
+
+    Yields:
+        The temporary folder (hidden, on the same file system as ``out``).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_marker(root: Path) -> dict[str, Any] | None:
@@ -311,9 +340,7 @@ def generate_synvi(
     )
     plan = plan_tree(layout, cfg, seed)
     world = build_world(layout, cfg, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synvi-tmp-", dir=out.parent))
-    try:
+    with staging_folder(out) as tmp:
         for folder in sorted({str(Path(j.relpath).parent) for j in plan.jobs} | {"."}):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
         for relpath, text in plan.texts.items():
@@ -321,11 +348,8 @@ def generate_synvi(
             (tmp / relpath).write_text(text)
         _render_all(world, tmp, plan.jobs, DEFAULT_WORKERS if workers is None else workers)
         marker = {**params, "hash": digest, "num_files": len(plan.jobs) + len(plan.texts)}
-        (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+        write_json_marker(tmp / MARKER_NAME, marker)
         install_tree(tmp, out, digest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info(
         "SynVI %s tree: %d images, %d identities, preset %s, seed %d -> %s (%.1f s)",
         layout,
